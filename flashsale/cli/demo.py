@@ -1,0 +1,153 @@
+"""``flashsale demo``: a whole sale, end to end, on the configured Redis and PostgreSQL.
+
+Starts the service in this process on a free port, creates a sale, lets a crowd of simulated
+shoppers (real HTTP, real tokens) buy it out, has most winners pay and some cancel, waits for
+every order to reach PostgreSQL and prints what happened, with the invariants checked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from flashsale.auth import issue_token
+from flashsale.http.app import create_app
+from flashsale.settings import Settings
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def run_demo(
+    settings: Settings, *, stock: int, shoppers: int, concurrency: int, pay_share: float
+) -> int:
+    app = create_app(settings)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = _free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession(
+            base, connector=aiohttp.TCPConnector(limit=concurrency)
+        ) as http:
+            return await _sale(http, settings, stock, shoppers, concurrency, pay_share)
+    finally:
+        await runner.cleanup()
+
+
+async def _sale(
+    http: aiohttp.ClientSession,
+    settings: Settings,
+    stock: int,
+    shoppers: int,
+    concurrency: int,
+    pay_share: float,
+) -> int:
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    sale_id = f"demo-{int(time.time() * 1000)}"
+    now = datetime.now(UTC)
+    spec = {
+        "sale_id": sale_id,
+        "sku": "redmi-note-demo",
+        "name": "Redmi Note (demo launch)",
+        "price_cents": 79_900,
+        "stock": stock,
+        "per_user_limit": 1,
+        "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(),
+        "reservation_ttl_s": 900,
+    }
+    async with http.post("/v1/admin/sales", json=spec, headers=admin) as resp:
+        if resp.status != 201:
+            print(f"could not create the sale: {resp.status} {await resp.text()}")
+            return 1
+    print(f"sale {sale_id}: {stock} units, {shoppers} shoppers, {concurrency} at a time")
+
+    tokens = [issue_token(settings.token_secret, f"shopper-{i}") for i in range(shoppers)]
+    answers: Counter[str] = Counter()
+    winners: list[tuple[str, str]] = []  # (token, order_id)
+    sold_out_at: float | None = None
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for token in tokens:
+        queue.put_nowait(token)
+
+    async def shopper() -> None:
+        nonlocal sold_out_at
+        while not queue.empty():
+            token = queue.get_nowait()
+            headers = {"Authorization": f"Bearer {token}"}
+            async with http.post(f"/v1/sales/{sale_id}/buy", json={}, headers=headers) as resp:
+                body: dict[str, Any] = await resp.json()
+            if resp.status == 201:
+                answers["reserved"] += 1
+                winners.append((token, body["order"]["order_id"]))
+                if len(winners) == stock:
+                    sold_out_at = time.perf_counter()
+            else:
+                answers[body.get("error", str(resp.status))] += 1
+
+    started = time.perf_counter()
+    await asyncio.gather(*(shopper() for _ in range(concurrency)))
+    crowd_s = time.perf_counter() - started
+    sellout_s = (sold_out_at or time.perf_counter()) - started
+
+    # Most winners pay; some change their mind and cancel, which puts units back on sale.
+    random.seed(7)
+    paid = cancelled = 0
+    for token, order_id in winners:
+        action = "pay" if random.random() < pay_share else "cancel"
+        headers = {"Authorization": f"Bearer {token}"}
+        async with http.post(f"/v1/orders/{order_id}/{action}", headers=headers) as resp:
+            if resp.status == 200:
+                paid += action == "pay"
+                cancelled += action == "cancel"
+
+    stats = await _wait_for_postgres(http, admin, sale_id, len(winners))
+    pg = stats["orders_in_postgres"]
+    print(f"crowd done in {crowd_s:.2f}s; sold out after {sellout_s:.2f}s "
+          f"({len(winners) / sellout_s:.0f} buys/s)")  # fmt: skip
+    print("answers: " + ", ".join(f"{k} {v}" for k, v in answers.most_common()))
+    print(f"winners: {paid} paid, {cancelled} cancelled (their units are back on sale)")
+    print(f"stock {stats['stock']}: available {stats['available']}, reserved {stats['reserved']}, "
+          f"paid {stats['paid']}, cancelled {stats['cancelled']}, expired {stats['expired']}")  # fmt: skip
+    print(f"orders in PostgreSQL: {pg['total']} ({pg['paid']} paid, {pg['cancelled']} cancelled, "
+          f"{pg['reserved']} reserved)")  # fmt: skip
+
+    problems = []
+    if answers["reserved"] > stock:
+        problems.append(f"oversold: {answers['reserved']} reservations for {stock} units")
+    if stats["available"] + stats["reserved"] + stats["paid"] != stock:
+        problems.append("available + reserved + paid != stock")
+    if pg["total"] != len(winners) or pg["paid"] != paid or pg["cancelled"] != cancelled:
+        problems.append("PostgreSQL does not hold exactly the orders that were answered 201")
+    for problem in problems:
+        print(f"VIOLATION: {problem}")
+    print("verdict: " + ("all invariants hold" if not problems else "FAILED"))
+    return 0 if not problems else 1
+
+
+async def _wait_for_postgres(
+    http: aiohttp.ClientSession, admin: dict[str, str], sale_id: str, orders: int
+) -> dict[str, Any]:
+    deadline = time.monotonic() + 30
+    while True:
+        async with http.get(f"/v1/admin/sales/{sale_id}/stats", headers=admin) as resp:
+            stats: dict[str, Any] = (await resp.json())["stats"]
+        pg = stats["orders_in_postgres"]
+        settled = pg["total"] == orders and pg["paid"] == stats["paid"]
+        if settled or time.monotonic() > deadline:
+            return stats
+        await asyncio.sleep(0.2)

@@ -1,0 +1,118 @@
+"""``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Sequence
+
+from flashsale.settings import Settings, SettingsError
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
+    from aiohttp import web
+
+    from flashsale.http.app import create_app
+
+    web.run_app(
+        create_app(settings),
+        host=args.host,
+        port=args.port,
+        loop=_new_event_loop(),
+        access_log=None,
+        print=lambda *_: None,
+    )
+    return 0
+
+
+def cmd_writer(args: argparse.Namespace, settings: Settings) -> int:
+    from flashsale.cli.writer import run_writer
+
+    loop = _new_event_loop()
+    try:
+        loop.run_until_complete(run_writer(settings))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        loop.close()
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from flashsale.auth import issue_token
+
+    if not os.environ.get("FLASHSALE_TOKEN_SECRET"):
+        print("FLASHSALE_TOKEN_SECRET is not set: the service would not accept this token",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    print(issue_token(settings.token_secret, args.user_id, ttl_s=args.ttl))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from flashsale.cli.demo import run_demo
+
+    loop = _new_event_loop()
+    try:
+        return loop.run_until_complete(
+            run_demo(settings, stock=args.stock, shoppers=args.shoppers,
+                     concurrency=args.concurrency, pay_share=args.pay_share)
+        )  # fmt: skip
+    finally:
+        loop.close()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="flashsale", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the HTTP API (with the order writer and sweeper)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8080)
+    serve.set_defaults(func=cmd_serve)
+
+    writer = sub.add_parser("writer", help="run the Redis-to-PostgreSQL order writer alone")
+    writer.set_defaults(func=cmd_writer)
+
+    token = sub.add_parser("token", help="print a shopper token (needs FLASHSALE_TOKEN_SECRET)")
+    token.add_argument("user_id")
+    token.add_argument("--ttl", type=int, default=3600, help="lifetime in seconds")
+    token.set_defaults(func=cmd_token)
+
+    demo = sub.add_parser("demo", help="run a whole sale against a crowd and report it")
+    demo.add_argument("--stock", type=int, default=1000)
+    demo.add_argument("--shoppers", type=int, default=5000)
+    demo.add_argument("--concurrency", type=int, default=200)
+    demo.add_argument("--pay-share", type=float, default=0.8,
+                      help="share of winners who pay (others cancel or let it expire)")  # fmt: skip
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from flashsale.logs import setup_logging
+
+    setup_logging(args.verbose)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"flashsale: {exc}", file=sys.stderr)
+        return 2
+    code: int = args.func(args, settings)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

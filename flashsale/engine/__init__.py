@@ -1,0 +1,1 @@
+"""The Redis engine: key layout, the atomic Lua scripts and the Python that calls them."""

@@ -1,0 +1,114 @@
+"""The exception tree. Handlers raise these; one middleware turns them into HTTP answers.
+
+::
+
+    FlashsaleError                       500 internal_error
+    ├── InvalidRequest                   400 invalid_request
+    ├── Unauthorized                     401 unauthorized
+    ├── NotFound                         404 not_found
+    │   ├── SaleNotFound                 404 sale_not_found
+    │   └── OrderNotFound                404 order_not_found
+    ├── Conflict                         409 conflict
+    │   ├── SaleExists                   409 sale_exists
+    │   ├── SoldOut                      409 sold_out
+    │   ├── LimitReached                 409 limit_reached
+    │   ├── SaleNotOpen                  409 sale_not_open
+    │   ├── OrderExpired                 409 order_expired
+    │   ├── OrderCancelled               409 order_cancelled
+    │   └── OrderPaid                    409 order_paid
+    ├── SaleEnded                        410 sale_ended
+    ├── BodyTooLarge                     413 body_too_large
+    ├── IdempotencyKeyReused             422 idempotency_key_reused
+    └── Unavailable                      503 unavailable
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class FlashsaleError(Exception):
+    """Base of every error flashsale answers with; ``code`` is the stable machine-readable word."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+    default_message: ClassVar[str] = "internal error"
+
+    def __init__(self, message: str | None = None) -> None:
+        self.message = message or self.default_message
+        super().__init__(self.message)
+
+
+class InvalidRequest(FlashsaleError):
+    status, code, default_message = 400, "invalid_request", "the request is not valid"
+
+
+class Unauthorized(FlashsaleError):
+    status, code, default_message = 401, "unauthorized", "a valid bearer token is required"
+
+
+class NotFound(FlashsaleError):
+    status, code, default_message = 404, "not_found", "no such resource"
+
+
+class SaleNotFound(NotFound):
+    code, default_message = "sale_not_found", "no such sale"
+
+
+class OrderNotFound(NotFound):
+    code, default_message = "order_not_found", "no such order"
+
+
+class Conflict(FlashsaleError):
+    status, code, default_message = 409, "conflict", "the request conflicts with the current state"
+
+
+class SaleExists(Conflict):
+    code, default_message = "sale_exists", "a sale with this id already exists"
+
+
+class SoldOut(Conflict):
+    code, default_message = "sold_out", "the sale is sold out"
+
+
+class LimitReached(Conflict):
+    code, default_message = "limit_reached", "you already hold the most units this sale allows"
+
+
+class SaleNotOpen(Conflict):
+    code, default_message = "sale_not_open", "the sale is not open"
+
+
+class OrderExpired(Conflict):
+    code, default_message = (
+        "order_expired",
+        "the reservation expired; its units went back to the sale",
+    )
+
+
+class OrderCancelled(Conflict):
+    code, default_message = "order_cancelled", "the order was cancelled"
+
+
+class OrderPaid(Conflict):
+    code, default_message = "order_paid", "the order is already paid"
+
+
+class SaleEnded(FlashsaleError):
+    status, code, default_message = 410, "sale_ended", "the sale has ended"
+
+
+class BodyTooLarge(FlashsaleError):
+    status, code, default_message = 413, "body_too_large", "the request body is too large"
+
+
+class IdempotencyKeyReused(FlashsaleError):
+    status, code, default_message = (
+        422,
+        "idempotency_key_reused",
+        "this Idempotency-Key was already used with a different request",
+    )
+
+
+class Unavailable(FlashsaleError):
+    status, code, default_message = 503, "unavailable", "a backing store is unavailable; try again"

@@ -1,0 +1,133 @@
+"""Operator endpoints: create a sale, pause, resume, close, and watch its numbers."""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from flashsale import errors
+from flashsale.engine.engine import now_ms
+from flashsale.http.responses import json_response
+from flashsale.http.services import SERVICES, Services
+from flashsale.http.validation import (
+    integer,
+    read_json_object,
+    reject_unknown,
+    text,
+    timestamp_ms,
+)
+from flashsale.ids import SALE_ID_RE, new_sale_id
+from flashsale.models import SaleDefinition, SaleState
+from flashsale.store import orders as order_store
+from flashsale.store import sales as sale_store
+
+log = logging.getLogger(__name__)
+
+_SALE_FIELDS = frozenset({
+    "sale_id", "sku", "name", "price_cents", "stock", "per_user_limit", "starts_at", "ends_at",
+    "reservation_ttl_s",
+})  # fmt: skip
+
+
+def _services(request: web.Request) -> Services:
+    services = request.app[SERVICES]
+    services.admin.check(request.headers.get("Authorization"))
+    return services
+
+
+def _sale_id(request: web.Request) -> str:
+    sale_id = request.match_info["sale_id"]
+    if not SALE_ID_RE.match(sale_id):
+        raise errors.SaleNotFound()
+    return sale_id
+
+
+def parse_sale(body: dict[str, object]) -> SaleDefinition:
+    reject_unknown(body, _SALE_FIELDS)
+    raw_id = body.get("sale_id")
+    if raw_id is None:
+        sale_id = new_sale_id()
+    elif isinstance(raw_id, str) and SALE_ID_RE.match(raw_id):
+        sale_id = raw_id
+    else:
+        raise errors.InvalidRequest(
+            "'sale_id' must be 1 to 64 lower-case letters, digits and hyphens, "
+            "not starting or ending with a hyphen"
+        )
+    starts_ms, ends_ms = timestamp_ms(body, "starts_at"), timestamp_ms(body, "ends_at")
+    if ends_ms <= starts_ms:
+        raise errors.InvalidRequest("'ends_at' must be after 'starts_at'")
+    return SaleDefinition(
+        sale_id=sale_id,
+        sku=text(body, "sku", max_len=64),
+        name=text(body, "name", max_len=200),
+        price_cents=integer(body, "price_cents", minimum=0, maximum=10**12),
+        stock=integer(body, "stock", minimum=1, maximum=100_000_000),
+        per_user_limit=integer(body, "per_user_limit", default=1, minimum=1, maximum=1000),
+        starts_ms=starts_ms,
+        ends_ms=ends_ms,
+        reservation_ttl_s=integer(
+            body, "reservation_ttl_s", default=900, minimum=1, maximum=86_400
+        ),
+    )
+
+
+async def create_sale(request: web.Request) -> web.Response:
+    services = _services(request)
+    body = await read_json_object(request, services.settings.admin_max_body_bytes)
+    sale = parse_sale(body)
+    # PostgreSQL holds the definition; Redis is armed from it. A create interrupted between the
+    # two is completed by repeating it: same definition, not yet armed -> armed now.
+    if not await sale_store.insert_sale(services.pool, sale):
+        stored = await sale_store.fetch_sale(services.pool, sale.sale_id)
+        if stored is None or stored[0] != sale:
+            raise errors.SaleExists()
+    if not await services.engine.arm_sale(sale):
+        raise errors.SaleExists()
+    view = await services.engine.get_sale(sale.sale_id)
+    log.info("sale %s created: %d units of %s", sale.sale_id, sale.stock, sale.sku)
+    return json_response({"sale": view.admin_json(now_ms())}, status=201)
+
+
+async def _set_state(request: web.Request, state: SaleState) -> web.Response:
+    services = _services(request)
+    sale_id = _sale_id(request)
+    await services.engine.set_state(sale_id, state)
+    await sale_store.update_state(services.pool, sale_id, state)
+    view = await services.engine.get_sale(sale_id)
+    log.info("sale %s: state %s", sale_id, state.value)
+    return json_response({"sale": view.admin_json(now_ms())})
+
+
+async def pause_sale(request: web.Request) -> web.Response:
+    return await _set_state(request, SaleState.PAUSED)
+
+
+async def resume_sale(request: web.Request) -> web.Response:
+    return await _set_state(request, SaleState.ACTIVE)
+
+
+async def close_sale(request: web.Request) -> web.Response:
+    return await _set_state(request, SaleState.CLOSED)
+
+
+async def sale_stats(request: web.Request) -> web.Response:
+    services = _services(request)
+    sale_id = _sale_id(request)
+    view = await services.engine.get_sale(sale_id)
+    in_postgres = await order_store.count_by_status(services.pool, sale_id)
+    c = view.counters
+    return json_response({
+        "stats": {
+            "sale_id": sale_id,
+            "status": view.status(now_ms()).value,
+            "stock": view.definition.stock,
+            "available": c.available,
+            "reserved": c.reserved,
+            "paid": c.paid,
+            "expired": c.expired,
+            "cancelled": c.cancelled,
+            "orders_in_postgres": in_postgres,
+        }
+    })  # fmt: skip

@@ -1,0 +1,114 @@
+"""The application factory: wires settings, Redis, PostgreSQL and the background tasks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable, Coroutine
+from typing import Any
+
+from aiohttp import web
+
+from flashsale.auth import AdminAuth, ShopperAuth
+from flashsale.engine.connection import connect_redis
+from flashsale.engine.engine import Engine
+from flashsale.engine.keys import Keyspace
+from flashsale.engine.sweeper import Sweeper
+from flashsale.http.middlewares import errors_middleware
+from flashsale.http.routes import setup_routes
+from flashsale.http.services import SERVICES, Services
+from flashsale.settings import ConfirmMode, Settings
+from flashsale.store.confirm import GroupCommitter
+from flashsale.store.database import open_pool
+from flashsale.store.writer import OrderWriter
+
+log = logging.getLogger(__name__)
+
+BACKGROUND_TASKS = web.AppKey("background_tasks", list[asyncio.Task[None]])
+
+
+def create_app(settings: Settings) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware], client_max_size=settings.admin_max_body_bytes
+    )
+    setup_routes(app)
+    app.cleanup_ctx.append(_services_ctx(settings))
+    app.cleanup_ctx.append(_background_ctx)
+    return app
+
+
+def _services_ctx(settings: Settings) -> Any:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        redis = connect_redis(settings)
+        pool = await open_pool(
+            settings.database_url,
+            min_size=settings.pg_min_connections,
+            max_size=settings.pg_max_connections,
+        )
+        engine = Engine(
+            redis,
+            Keyspace(settings.key_prefix),
+            sold_out_recheck_s=settings.sold_out_recheck_s,
+            idempotency_ttl_s=settings.idempotency_ttl_s,
+        )
+        committer = GroupCommitter(pool) if settings.confirm_mode is ConfirmMode.POSTGRES else None
+        app[SERVICES] = Services(
+            settings=settings,
+            engine=engine,
+            pool=pool,
+            shoppers=ShopperAuth(settings.token_secret),
+            admin=AdminAuth(settings.admin_token),
+            committer=committer,
+        )
+        yield
+        await pool.close()
+        await redis.aclose()
+
+    return ctx
+
+
+async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
+    services = app[SERVICES]
+    settings = services.settings
+    jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
+    if settings.run_writer:
+        writer = OrderWriter(
+            services.engine.redis,
+            services.pool,
+            services.engine.keys,
+            batch_size=settings.writer_batch_size,
+            block_ms=settings.writer_block_ms,
+            reclaim_idle_ms=settings.writer_reclaim_idle_ms,
+        )
+        jobs.append(("order writer", writer.run))
+    if settings.run_sweeper:
+        sweeper = Sweeper(
+            services.engine,
+            interval_s=settings.sweeper_interval_s,
+            batch_size=settings.sweeper_batch_size,
+        )
+        jobs.append(("expiry sweeper", sweeper.run))
+    if services.committer is not None:
+        jobs.append(("group committer", services.committer.run))
+    tasks = [asyncio.create_task(_supervised(name, job), name=name) for name, job in jobs]
+    app[BACKGROUND_TASKS] = tasks
+    yield
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _supervised(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a background job for the life of the app; a crash is logged and the job restarted,
+    because a silently dead writer or sweeper would strand orders or units."""
+    while True:
+        try:
+            await job()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("%s crashed; restarting in 1s", name)
+            await asyncio.sleep(1.0)

@@ -1,0 +1,30 @@
+"""``GET /healthz``: 200 when Redis and PostgreSQL both answer, 503 otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from flashsale.http.responses import json_response
+from flashsale.http.services import SERVICES
+
+_TIMEOUT_S = 2.0
+
+
+async def healthz(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(services.engine.redis.ping(), _TIMEOUT_S)
+        checks["redis"] = "ok"
+    except Exception as exc:
+        checks["redis"] = f"error: {type(exc).__name__}"
+    try:
+        await asyncio.wait_for(services.pool.fetchval("SELECT 1"), _TIMEOUT_S)
+        checks["postgres"] = "ok"
+    except Exception as exc:
+        checks["postgres"] = f"error: {type(exc).__name__}"
+    healthy = all(v == "ok" for v in checks.values())
+    return json_response({"status": "ok" if healthy else "unavailable", **checks},
+                         status=200 if healthy else 503)  # fmt: skip

@@ -1,0 +1,59 @@
+"""The one place where errors become HTTP answers: ``{"error": code, "message": text}``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from flashsale.errors import FlashsaleError
+from flashsale.http.responses import json_response
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# aiohttp's own refusals (no route, wrong method, oversized body) in our words
+_HTTP_CODES = {
+    400: "invalid_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+}
+
+
+def error_response(status: int, code: str, message: str) -> web.Response:
+    return json_response({"error": code, "message": message}, status=status)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except FlashsaleError as exc:
+        response = error_response(exc.status, exc.code, exc.message)
+        if exc.status == 401:
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        response = error_response(exc.status, code, exc.reason)
+        if exc.status == 405 and "Allow" in exc.headers:
+            response.headers["Allow"] = exc.headers["Allow"]
+        return response
+    except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
+        log.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
+        return error_response(503, "unavailable", "a backing store is unavailable; try again")
+    except (asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
+            asyncpg.CannotConnectNowError) as exc:  # fmt: skip
+        log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
+        return error_response(503, "unavailable", "the database is unavailable; try again")
+    except Exception:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(500, "internal_error", "internal error")

@@ -1,0 +1,21 @@
+"""The URL map."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from flashsale.http import admin, health, shop
+
+
+def setup_routes(app: web.Application) -> None:
+    app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/v1/sales/{sale_id}", shop.get_sale)
+    app.router.add_post("/v1/sales/{sale_id}/buy", shop.buy)
+    app.router.add_get("/v1/orders/{order_id}", shop.get_order)
+    app.router.add_post("/v1/orders/{order_id}/pay", shop.pay)
+    app.router.add_post("/v1/orders/{order_id}/cancel", shop.cancel)
+    app.router.add_post("/v1/admin/sales", admin.create_sale)
+    app.router.add_post("/v1/admin/sales/{sale_id}/pause", admin.pause_sale)
+    app.router.add_post("/v1/admin/sales/{sale_id}/resume", admin.resume_sale)
+    app.router.add_post("/v1/admin/sales/{sale_id}/close", admin.close_sale)
+    app.router.add_get("/v1/admin/sales/{sale_id}/stats", admin.sale_stats)

@@ -1,0 +1,102 @@
+"""Shopper endpoints: sale status, buy, and the shopper's own orders."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from aiohttp import web
+
+from flashsale import errors
+from flashsale.engine.engine import BuyOutcome, now_ms
+from flashsale.http.responses import json_response
+from flashsale.http.services import SERVICES, Services
+from flashsale.http.validation import idempotency_key, integer, read_json_object, reject_unknown
+from flashsale.ids import SALE_ID_RE
+from flashsale.models import Order
+from flashsale.store.orders import OrderRow
+
+log = logging.getLogger(__name__)
+
+_BUY_FIELDS = frozenset({"quantity"})
+_MAX_QUANTITY = 1000
+
+
+def _sale_id(request: web.Request) -> str:
+    sale_id = request.match_info["sale_id"]
+    if not SALE_ID_RE.match(sale_id):
+        raise errors.SaleNotFound()
+    return sale_id
+
+
+async def get_sale(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    view = await services.engine.get_sale(_sale_id(request))
+    return json_response({"sale": view.public_json(now_ms())})
+
+
+async def buy(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    user_id = services.shoppers.user_id(request.headers.get("Authorization"))
+    sale_id = _sale_id(request)
+    body = await read_json_object(request, services.settings.max_body_bytes)
+    reject_unknown(body, _BUY_FIELDS)
+    quantity = integer(body, "quantity", default=1, minimum=1, maximum=_MAX_QUANTITY)
+    key = idempotency_key(request)
+    outcome = await services.engine.buy(sale_id, user_id, quantity, key)
+    if services.committer is not None:
+        await _confirm_in_postgres(services, outcome, key)
+    response = json_response({"order": outcome.order.to_json()}, status=201)
+    if outcome.replayed:
+        response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+async def _confirm_in_postgres(services: Services, outcome: BuyOutcome, key: str | None) -> None:
+    """Confirm mode "postgres": answer 201 only once the order row is committed; otherwise
+    give the units back and answer 503, so nothing half happens."""
+    assert services.committer is not None
+    order = outcome.order
+    try:
+        await asyncio.wait_for(
+            services.committer.commit(_reserved_row(order)), services.settings.pg_confirm_timeout_s
+        )
+    except Exception as exc:
+        log.warning("buy %s not confirmed in PostgreSQL: %s", order.order_id, exc)
+        if not outcome.replayed:
+            await services.engine.release_unconfirmed(order, key)
+        raise errors.Unavailable(
+            "the order could not be recorded; nothing was reserved, try again"
+        ) from None
+
+
+def _reserved_row(order: Order) -> OrderRow:
+    return OrderRow(
+        order_id=order.order_id, sale_id=order.sale_id, user_id=order.user_id,
+        quantity=order.quantity, status=order.status.value, version=1,
+        expires_ms=order.expires_ms, created_ms=order.created_ms, updated_ms=order.updated_ms,
+    )  # fmt: skip
+
+
+async def get_order(request: web.Request) -> web.Response:
+    services = request.app[SERVICES]
+    user_id = services.shoppers.user_id(request.headers.get("Authorization"))
+    order = await services.engine.get_order(request.match_info["order_id"], user_id)
+    return json_response({"order": order.to_json()})
+
+
+async def pay(request: web.Request) -> web.Response:
+    return await _settle(request, "pay")
+
+
+async def cancel(request: web.Request) -> web.Response:
+    return await _settle(request, "cancel")
+
+
+async def _settle(request: web.Request, action: str) -> web.Response:
+    services = request.app[SERVICES]
+    user_id = services.shoppers.user_id(request.headers.get("Authorization"))
+    body = await read_json_object(request, services.settings.max_body_bytes)
+    reject_unknown(body, frozenset())
+    order = await services.engine.settle(request.match_info["order_id"], user_id, action)
+    return json_response({"order": order.to_json()})

@@ -1,0 +1,91 @@
+"""Reading and checking request bodies. Strict: unknown fields and wrong types are refused."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+import orjson
+from aiohttp import web
+
+from flashsale.errors import BodyTooLarge, InvalidRequest
+
+_IDEMPOTENCY_KEY_RE = re.compile(r"^[!-~]{1,255}$")  # visible ASCII, as Stripe allows
+
+
+async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
+    """The body as a JSON object; an empty body counts as ``{}``."""
+    if request.content_length is not None and request.content_length > max_bytes:
+        raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(max_bytes + 1 - size):
+        size += len(chunk)
+        if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
+            raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body.strip():
+        return {}
+    try:
+        value = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        raise InvalidRequest("the body is not valid JSON") from None
+    if not isinstance(value, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    return value
+
+
+def reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise InvalidRequest(f"unknown field(s): {', '.join(unknown)}")
+
+
+def integer(body: dict[str, Any], name: str, *, default: int | None = None, minimum: int = 0,
+            maximum: int = 2**53) -> int:  # fmt: skip
+    value = body.get(name, default)
+    if value is None:
+        raise InvalidRequest(f"'{name}' is required")
+    # bool is an int in Python, but true is not a quantity
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be an integer")
+    if not minimum <= value <= maximum:
+        raise InvalidRequest(f"'{name}' must be between {minimum} and {maximum}")
+    return value
+
+
+def text(body: dict[str, Any], name: str, *, max_len: int = 200,
+         default: str | None = None) -> str:  # fmt: skip
+    value = body.get(name, default)
+    if value is None:
+        raise InvalidRequest(f"'{name}' is required")
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidRequest(f"'{name}' must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidRequest(f"'{name}' may hold at most {max_len} characters")
+    return value
+
+
+def timestamp_ms(body: dict[str, Any], name: str) -> int:
+    """An ISO 8601 time with an explicit offset, as epoch milliseconds."""
+    raw = text(body, name, max_len=64)
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError:
+        raise InvalidRequest(
+            f"'{name}' must be an ISO 8601 time, e.g. 2026-11-22T10:00:00+08:00"
+        ) from None
+    if value.tzinfo is None:
+        raise InvalidRequest(f"'{name}' must carry a UTC offset, e.g. +00:00 or Z")
+    return int(value.timestamp() * 1000)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY_RE.match(key):
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    return key

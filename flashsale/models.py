@@ -1,0 +1,136 @@
+"""Domain objects: a sale's definition and live view, and an order. Plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+
+class SaleState(StrEnum):
+    """What an operator set. The status a shopper sees also depends on the clock and stock."""
+
+    ACTIVE = "active"
+    PAUSED = "paused"
+    CLOSED = "closed"
+
+
+class SaleStatus(StrEnum):
+    SCHEDULED = "scheduled"
+    OPEN = "open"
+    PAUSED = "paused"
+    SOLD_OUT = "sold_out"
+    ENDED = "ended"
+
+
+class OrderStatus(StrEnum):
+    RESERVED = "reserved"
+    PAID = "paid"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+def ms_to_datetime(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def datetime_to_ms(value: datetime) -> int:
+    return int(value.timestamp() * 1000)
+
+
+def iso(ms: int) -> str:
+    """ISO 8601 in UTC with milliseconds, e.g. ``2026-11-22T10:00:00.000Z``."""
+    return ms_to_datetime(ms).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True, slots=True)
+class SaleDefinition:
+    """What an operator creates. Times are epoch milliseconds."""
+
+    sale_id: str
+    sku: str
+    name: str
+    price_cents: int
+    stock: int
+    per_user_limit: int
+    starts_ms: int
+    ends_ms: int
+    reservation_ttl_s: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaleCounters:
+    """Units by where they are. ``available + reserved + paid == stock`` always holds;
+    ``expired`` and ``cancelled`` count units that came back (and may have sold again)."""
+
+    available: int
+    reserved: int
+    paid: int
+    expired: int
+    cancelled: int
+
+
+@dataclass(frozen=True, slots=True)
+class SaleView:
+    definition: SaleDefinition
+    state: SaleState
+    counters: SaleCounters
+
+    def status(self, now_ms: int) -> SaleStatus:
+        d = self.definition
+        if self.state is SaleState.CLOSED or now_ms >= d.ends_ms:
+            return SaleStatus.ENDED
+        if now_ms < d.starts_ms:
+            return SaleStatus.SCHEDULED
+        if self.state is SaleState.PAUSED:
+            return SaleStatus.PAUSED
+        if self.counters.available <= 0:
+            return SaleStatus.SOLD_OUT
+        return SaleStatus.OPEN
+
+    def public_json(self, now_ms: int) -> dict[str, Any]:
+        d = self.definition
+        return {
+            "sale_id": d.sale_id,
+            "sku": d.sku,
+            "name": d.name,
+            "price_cents": d.price_cents,
+            "stock": d.stock,
+            "available": self.counters.available,
+            "per_user_limit": d.per_user_limit,
+            "starts_at": iso(d.starts_ms),
+            "ends_at": iso(d.ends_ms),
+            "status": self.status(now_ms).value,
+        }
+
+    def admin_json(self, now_ms: int) -> dict[str, Any]:
+        return {
+            **self.public_json(now_ms),
+            "reservation_ttl_s": self.definition.reservation_ttl_s,
+            "state": self.state.value,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    order_id: str
+    sale_id: str
+    user_id: str
+    quantity: int
+    status: OrderStatus
+    created_ms: int
+    expires_ms: int
+    updated_ms: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "order_id": self.order_id,
+            "sale_id": self.sale_id,
+            "user_id": self.user_id,
+            "quantity": self.quantity,
+            "status": self.status.value,
+            "created_at": iso(self.created_ms),
+            "expires_at": iso(self.expires_ms),
+            "updated_at": iso(self.updated_ms),
+        }

@@ -1,0 +1,130 @@
+"""All configuration, read from the environment in one place."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/flashsale"
+
+
+class ConfirmMode(StrEnum):
+    """When a buy is answered 201.
+
+    ``redis``: once the reservation and its order event are in Redis (the writer carries the
+    order to PostgreSQL shortly after). ``postgres``: only after the order row is committed in
+    PostgreSQL; if PostgreSQL is away the buy is undone and answered 503.
+    """
+
+    REDIS = "redis"
+    POSTGRES = "postgres"
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value flashsale cannot use."""
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number, got {raw!r}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Service settings. Build with :meth:`from_env`; every field has a ``FLASHSALE_*`` twin."""
+
+    redis_url: str = DEFAULT_REDIS_URL
+    database_url: str = DEFAULT_DATABASE_URL
+    # Shared secret for shoppers' HS256 tokens. A random one is fine for a demo, but tokens then
+    # die with the process, so deployments set it.
+    token_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    admin_token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # Prefix of every Redis key, so several deployments and test runs can share one Redis.
+    key_prefix: str = "fs"
+    confirm_mode: ConfirmMode = ConfirmMode.REDIS
+    # Shopper request bodies are tiny; anything bigger is refused before it is parsed.
+    max_body_bytes: int = 4096
+    admin_max_body_bytes: int = 1_048_576
+    idempotency_ttl_s: int = 86_400
+    redis_max_connections: int = 64
+    pg_min_connections: int = 1
+    pg_max_connections: int = 8
+    writer_batch_size: int = 500
+    writer_block_ms: int = 1000
+    # A stream entry pending this long belongs to a writer that died: another one takes it over.
+    writer_reclaim_idle_ms: int = 30_000
+    sweeper_interval_s: float = 0.25
+    sweeper_batch_size: int = 500
+    # How long a process trusts its own "sold out" verdict before asking Redis again.
+    sold_out_recheck_s: float = 0.1
+    # In confirm mode "postgres": how long a buy waits for its commit before giving up with 503.
+    pg_confirm_timeout_s: float = 5.0
+    run_writer: bool = True
+    run_sweeper: bool = True
+
+    @classmethod
+    def from_env(cls) -> Settings:
+        """Read every ``FLASHSALE_*`` variable; unset ones keep their defaults."""
+        env = os.environ.get
+        defaults = cls()
+        mode_raw = env("FLASHSALE_CONFIRM_MODE", ConfirmMode.REDIS.value)
+        try:
+            confirm_mode = ConfirmMode(mode_raw)
+        except ValueError:
+            raise SettingsError(
+                f"FLASHSALE_CONFIRM_MODE must be 'redis' or 'postgres', got {mode_raw!r}"
+            ) from None
+        prefix = env("FLASHSALE_KEY_PREFIX", defaults.key_prefix)
+        if not prefix or any(c in prefix for c in "{}: \t\n"):
+            raise SettingsError(
+                "FLASHSALE_KEY_PREFIX must be non-empty, without braces, colons or spaces"
+            )
+        return cls(
+            redis_url=env("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
+            database_url=env("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
+            token_secret=env("FLASHSALE_TOKEN_SECRET") or defaults.token_secret,
+            admin_token=env("FLASHSALE_ADMIN_TOKEN") or defaults.admin_token,
+            key_prefix=prefix,
+            confirm_mode=confirm_mode,
+            max_body_bytes=_env_int("FLASHSALE_MAX_BODY_BYTES", defaults.max_body_bytes),
+            idempotency_ttl_s=_env_int("FLASHSALE_IDEMPOTENCY_TTL_S", defaults.idempotency_ttl_s),
+            redis_max_connections=_env_int(
+                "FLASHSALE_REDIS_MAX_CONNECTIONS", defaults.redis_max_connections
+            ),
+            pg_max_connections=_env_int(
+                "FLASHSALE_PG_MAX_CONNECTIONS", defaults.pg_max_connections
+            ),
+            writer_batch_size=_env_int("FLASHSALE_WRITER_BATCH_SIZE", defaults.writer_batch_size),
+            writer_reclaim_idle_ms=_env_int(
+                "FLASHSALE_WRITER_RECLAIM_IDLE_MS", defaults.writer_reclaim_idle_ms
+            ),
+            sweeper_interval_s=_env_float(
+                "FLASHSALE_SWEEPER_INTERVAL_S", defaults.sweeper_interval_s
+            ),
+            sold_out_recheck_s=_env_float(
+                "FLASHSALE_SOLD_OUT_RECHECK_S", defaults.sold_out_recheck_s
+            ),
+            pg_confirm_timeout_s=_env_float(
+                "FLASHSALE_PG_CONFIRM_TIMEOUT_S", defaults.pg_confirm_timeout_s
+            ),
+            run_writer=env("FLASHSALE_RUN_WRITER", "1") not in ("0", "false", "no"),
+            run_sweeper=env("FLASHSALE_RUN_SWEEPER", "1") not in ("0", "false", "no"),
+        )

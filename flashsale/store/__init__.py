@@ -1,0 +1,1 @@
+"""The PostgreSQL store: schema, sales, orders and the stream-to-table order writer."""

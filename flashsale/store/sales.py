@@ -1,0 +1,46 @@
+"""Sales in PostgreSQL: the durable definition that Redis is armed from."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from flashsale.models import SaleDefinition, SaleState, datetime_to_ms, ms_to_datetime
+
+_COLUMNS = (
+    "sale_id, sku, name, price_cents, stock, per_user_limit, starts_at, ends_at, "
+    "reservation_ttl_s, state"
+)
+
+
+async def insert_sale(conn: asyncpg.Connection | asyncpg.Pool, sale: SaleDefinition) -> bool:
+    """Store a new sale; False when one with this id exists already."""
+    row = await conn.fetchrow(
+        f"INSERT INTO sales ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active') "
+        "ON CONFLICT (sale_id) DO NOTHING RETURNING sale_id",
+        sale.sale_id, sale.sku, sale.name, sale.price_cents, sale.stock, sale.per_user_limit,
+        ms_to_datetime(sale.starts_ms), ms_to_datetime(sale.ends_ms), sale.reservation_ttl_s,
+    )  # fmt: skip
+    return row is not None
+
+
+async def fetch_sale(
+    conn: asyncpg.Connection | asyncpg.Pool, sale_id: str
+) -> tuple[SaleDefinition, SaleState] | None:
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sales WHERE sale_id = $1", sale_id)
+    if row is None:
+        return None
+    definition = SaleDefinition(
+        sale_id=row["sale_id"], sku=row["sku"], name=row["name"],
+        price_cents=row["price_cents"], stock=row["stock"],
+        per_user_limit=row["per_user_limit"], starts_ms=datetime_to_ms(row["starts_at"]),
+        ends_ms=datetime_to_ms(row["ends_at"]), reservation_ttl_s=row["reservation_ttl_s"],
+    )  # fmt: skip
+    return definition, SaleState(row["state"])
+
+
+async def update_state(
+    conn: asyncpg.Connection | asyncpg.Pool, sale_id: str, state: SaleState
+) -> None:
+    await conn.execute(
+        "UPDATE sales SET state = $2, updated_at = now() WHERE sale_id = $1", sale_id, state.value
+    )

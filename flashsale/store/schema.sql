@@ -1,0 +1,34 @@
+-- flashsale schema. Applied by every process at start, under an advisory lock; idempotent.
+
+CREATE TABLE IF NOT EXISTS sales (
+    sale_id           text PRIMARY KEY,
+    sku               text        NOT NULL,
+    name              text        NOT NULL,
+    price_cents       bigint      NOT NULL CHECK (price_cents >= 0),
+    stock             integer     NOT NULL CHECK (stock >= 0),
+    per_user_limit    integer     NOT NULL CHECK (per_user_limit >= 1),
+    starts_at         timestamptz NOT NULL,
+    ends_at           timestamptz NOT NULL CHECK (ends_at > starts_at),
+    reservation_ttl_s integer     NOT NULL CHECK (reservation_ttl_s >= 1),
+    state             text        NOT NULL DEFAULT 'active'
+                                  CHECK (state IN ('active', 'paused', 'closed')),
+    created_at        timestamptz NOT NULL DEFAULT now(),
+    updated_at        timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per order, following every status change. "version" counts the order's changes in
+-- Redis; an update applies only when it is newer, so replays and reordered events are harmless.
+CREATE TABLE IF NOT EXISTS orders (
+    order_id   text PRIMARY KEY,
+    sale_id    text        NOT NULL REFERENCES sales (sale_id),
+    user_id    text        NOT NULL,
+    quantity   integer     NOT NULL CHECK (quantity >= 1),
+    status     text        NOT NULL CHECK (status IN ('reserved', 'paid', 'expired', 'cancelled')),
+    version    integer     NOT NULL,
+    expires_at timestamptz NOT NULL,
+    created_at timestamptz NOT NULL,
+    updated_at timestamptz NOT NULL
+);
+
+CREATE INDEX IF NOT EXISTS orders_sale_status ON orders (sale_id, status);
+CREATE INDEX IF NOT EXISTS orders_sale_user ON orders (sale_id, user_id);

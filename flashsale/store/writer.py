@@ -1,0 +1,166 @@
+"""The order writer: Redis order events -> PostgreSQL, at least once, idempotently.
+
+Each sale's events stream is read through the consumer group ``writers``. A batch is committed
+to PostgreSQL first and acknowledged (and deleted) in Redis after, so a crash in between only
+makes the batch be written again, which the versioned upsert turns into a no-op. Entries left
+pending by a writer that died are claimed by another after ``reclaim_idle_ms``; a restarted
+writer first re-reads its own pending entries.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from typing import cast
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from flashsale.engine.keys import WRITER_GROUP, Keyspace
+from flashsale.failpoints import failpoint
+from flashsale.store.orders import OrderRow, upsert_orders
+
+log = logging.getLogger(__name__)
+
+StreamEntries = list[tuple[str, dict[str, str] | None]]
+
+
+class OrderWriter:
+    def __init__(
+        self,
+        redis: Redis,
+        pool: asyncpg.Pool,
+        keyspace: Keyspace,
+        *,
+        batch_size: int = 500,
+        block_ms: int = 1000,
+        reclaim_idle_ms: int = 30_000,
+        consumer: str | None = None,
+    ) -> None:
+        self.redis = redis
+        self.pool = pool
+        self.keys = keyspace
+        self.batch_size = batch_size
+        self.block_ms = block_ms
+        self.reclaim_idle_ms = reclaim_idle_ms
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.written = 0
+        self._streams: list[str] = []
+        self._grouped: set[str] = set()
+        self._streams_refreshed = 0.0
+        self._last_reclaim = 0.0
+        self._own_pending = True  # at start, and after a failure, re-read our own PEL first
+
+    async def run(self) -> None:
+        """Write until cancelled; back off and retry while Redis or PostgreSQL is away."""
+        delay = 0.1
+        while True:
+            try:
+                await self.step()
+                delay = 0.1
+            except asyncio.CancelledError:
+                raise
+            except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("order writer: %s; retrying in %.1fs", exc, delay)
+                self._own_pending = True
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def step(self) -> int:
+        """One round: find streams, reclaim orphans, write one batch. Returns entries written."""
+        await self._refresh_streams()
+        if not self._streams:
+            await asyncio.sleep(self.block_ms / 1000)
+            return 0
+        if time.monotonic() - self._last_reclaim > self.reclaim_idle_ms / 1000 / 2:
+            self._last_reclaim = time.monotonic()
+            written = await self._reclaim()
+            if written:
+                return written
+        if self._own_pending:
+            batches = await self._read("0", block=False)
+            if not any(entries for _, entries in batches):
+                self._own_pending = False
+                return 0
+        else:
+            batches = await self._read(">", block=True)
+        return await self._commit(batches)
+
+    async def drain(self) -> int:
+        """Write everything currently in the streams (own pending included); for tests and tools."""
+        total = 0
+        self._streams_refreshed = 0.0
+        self._own_pending = True
+        while True:
+            await self._refresh_streams()
+            pending = self._own_pending
+            batches = await self._read("0" if pending else ">", block=False)
+            n = await self._commit(batches)
+            total += n
+            if not any(entries for _, entries in batches):
+                if not pending:
+                    return total
+                self._own_pending = False
+
+    async def _refresh_streams(self) -> None:
+        if time.monotonic() - self._streams_refreshed < 1.0:
+            return
+        self._streams_refreshed = time.monotonic()
+        sale_ids = sorted(cast(set[str], await self.redis.smembers(self.keys.sales_index)))
+        streams = [self.keys.sale(s).events for s in sale_ids]
+        for stream in streams:
+            if stream not in self._grouped:
+                try:
+                    # id 0: a group made after the first events still delivers them
+                    await self.redis.xgroup_create(stream, WRITER_GROUP, id="0", mkstream=True)
+                except ResponseError as exc:
+                    if "BUSYGROUP" not in str(exc):
+                        raise
+                self._grouped.add(stream)
+        self._streams = streams
+
+    async def _read(self, last_id: str, *, block: bool) -> list[tuple[str, StreamEntries]]:
+        reply = await self.redis.xreadgroup(
+            WRITER_GROUP,
+            self.consumer,
+            dict.fromkeys(self._streams, last_id),
+            count=self.batch_size,
+            block=self.block_ms if block else None,
+        )
+        return cast(list[tuple[str, StreamEntries]], reply or [])
+
+    async def _reclaim(self) -> int:
+        written = 0
+        for stream in self._streams:
+            reply = await self.redis.xautoclaim(
+                stream, WRITER_GROUP, self.consumer, self.reclaim_idle_ms, count=self.batch_size
+            )
+            entries: StreamEntries = reply[1]
+            if entries:
+                log.info("order writer: claimed %d orphaned entries of %s", len(entries), stream)
+                written += await self._commit([(stream, entries)])
+        return written
+
+    async def _commit(self, batches: list[tuple[str, StreamEntries]]) -> int:
+        rows: list[OrderRow] = []
+        ids: dict[str, list[str]] = {}
+        for stream, entries in batches:
+            for entry_id, fields in entries:
+                ids.setdefault(stream, []).append(entry_id)
+                if fields:  # None: the entry was deleted after a commit, nothing to write
+                    rows.append(OrderRow.from_event(fields))
+        if not ids:
+            return 0
+        await upsert_orders(self.pool, rows)
+        failpoint("writer.after_commit")
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for stream, entry_ids in ids.items():
+                _ = pipe.xack(stream, WRITER_GROUP, *entry_ids)
+                _ = pipe.xdel(stream, *entry_ids)
+            await pipe.execute()
+        self.written += len(rows)
+        return len(rows)

@@ -97,10 +97,14 @@ class Settings:
             raise SettingsError(
                 "FLASHSALE_KEY_PREFIX must be non-empty, without braces, colons or spaces"
             )
+        secret = env("FLASHSALE_TOKEN_SECRET") or defaults.token_secret
+        if len(secret.encode()) < 32:
+            # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
+            raise SettingsError("FLASHSALE_TOKEN_SECRET must be at least 32 bytes long")
         return cls(
             redis_url=env("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
             database_url=env("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
-            token_secret=env("FLASHSALE_TOKEN_SECRET") or defaults.token_secret,
+            token_secret=secret,
             admin_token=env("FLASHSALE_ADMIN_TOKEN") or defaults.admin_token,
             key_prefix=prefix,
             confirm_mode=confirm_mode,

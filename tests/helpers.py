@@ -1,0 +1,142 @@
+"""A running flashsale service for tests, with shortcuts for the calls tests make most."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from aiohttp.test_utils import TestClient, TestServer
+
+from flashsale.auth import issue_token
+from flashsale.http.app import create_app
+from flashsale.http.services import SERVICES, Services
+from flashsale.settings import Settings
+
+
+@dataclass
+class Reply:
+    status: int
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
+def sale_spec(**fields: Any) -> dict[str, Any]:
+    """A sale that is open now, for an hour; ``fields`` override."""
+    now = datetime.now(UTC)
+    spec: dict[str, Any] = {
+        "sku": "mi-1",
+        "name": "Mi 1",
+        "price_cents": 199_900,
+        "stock": 10,
+        "starts_at": (now - timedelta(seconds=5)).isoformat(),
+        "ends_at": (now + timedelta(hours=1)).isoformat(),
+    }
+    spec.update(fields)
+    return spec
+
+
+class Service:
+    def __init__(self, client: TestClient[Any, Any], settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+
+    @property
+    def services(self) -> Services:
+        return self.client.app[SERVICES]  # type: ignore[index]
+
+    @property
+    def admin_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.admin_token}"}
+
+    def auth(self, user_id: str, ttl_s: int = 3600) -> dict[str, str]:
+        return {"Authorization": f"Bearer {issue_token(self.settings.token_secret, user_id, ttl_s)}"}
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> Reply:
+        async with self.client.request(
+            method, path, json=json, data=data, headers=headers
+        ) as resp:
+            raw = await resp.read()
+            body = await resp.json(content_type=None) if raw else {}
+            return Reply(resp.status, body, dict(resp.headers))
+
+    async def create_sale(self, **fields: Any) -> dict[str, Any]:
+        reply = await self.call(
+            "POST", "/v1/admin/sales", json=sale_spec(**fields), headers=self.admin_headers
+        )
+        assert reply.status == 201, reply.body
+        sale: dict[str, Any] = reply.body["sale"]
+        return sale
+
+    async def buy(
+        self, sale_id: str, user_id: str, body: Any = None, key: str | None = None
+    ) -> Reply:
+        headers = self.auth(user_id)
+        if key is not None:
+            headers["Idempotency-Key"] = key
+        return await self.call(
+            "POST", f"/v1/sales/{sale_id}/buy", json={} if body is None else body, headers=headers
+        )
+
+    async def order_action(self, order_id: str, user_id: str, action: str) -> Reply:
+        return await self.call("POST", f"/v1/orders/{order_id}/{action}", headers=self.auth(user_id))
+
+    async def stats(self, sale_id: str) -> dict[str, Any]:
+        reply = await self.call(
+            "GET", f"/v1/admin/sales/{sale_id}/stats", headers=self.admin_headers
+        )
+        assert reply.status == 200, reply.body
+        stats: dict[str, Any] = reply.body["stats"]
+        return stats
+
+    async def wait_for_postgres(self, sale_id: str, timeout_s: float = 15.0) -> dict[str, Any]:
+        """Stats once PostgreSQL agrees with Redis on every order's status."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            s = await self.stats(sale_id)
+            pg = s["orders_in_postgres"]
+            rows = await self.services.pool.fetch(
+                "SELECT status, sum(quantity) AS units FROM orders WHERE sale_id = $1 "
+                "GROUP BY status",
+                sale_id,
+            )
+            units = {r["status"]: r["units"] for r in rows}
+            statuses = ("reserved", "paid", "expired", "cancelled")
+            if all(units.get(status, 0) == s[status] for status in statuses):
+                return s
+            if time.monotonic() > deadline:
+                raise AssertionError(f"PostgreSQL did not catch up: {pg} vs {s}")
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def start_service(settings: Settings) -> Service:
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    await client.start_server()
+    return Service(client, settings)
+
+
+async def gather_limited(limit: int, *coros: Any) -> list[Any]:
+    """Run coroutines concurrently, at most ``limit`` at once, results in order. If one fails,
+    the others are cancelled (a TaskGroup), so a failing test never leaves a crowd behind."""
+    semaphore = asyncio.Semaphore(limit)
+
+    async def run(coro: Any) -> Any:
+        async with semaphore:
+            return await coro
+
+    async with asyncio.TaskGroup() as group:
+        tasks = [group.create_task(run(c)) for c in coros]
+    return [t.result() for t in tasks]

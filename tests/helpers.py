@@ -52,7 +52,9 @@ class Service:
         return {"Authorization": f"Bearer {self.settings.admin_token}"}
 
     def auth(self, user_id: str, ttl_s: int = 3600) -> dict[str, str]:
-        return {"Authorization": f"Bearer {issue_token(self.settings.token_secret, user_id, ttl_s)}"}
+        return {
+            "Authorization": f"Bearer {issue_token(self.settings.token_secret, user_id, ttl_s)}"
+        }
 
     async def call(
         self,
@@ -63,9 +65,7 @@ class Service:
         data: bytes | str | None = None,
         headers: dict[str, str] | None = None,
     ) -> Reply:
-        async with self.client.request(
-            method, path, json=json, data=data, headers=headers
-        ) as resp:
+        async with self.client.request(method, path, json=json, data=data, headers=headers) as resp:
             raw = await resp.read()
             body = await resp.json(content_type=None) if raw else {}
             return Reply(resp.status, body, dict(resp.headers))
@@ -89,7 +89,9 @@ class Service:
         )
 
     async def order_action(self, order_id: str, user_id: str, action: str) -> Reply:
-        return await self.call("POST", f"/v1/orders/{order_id}/{action}", headers=self.auth(user_id))
+        return await self.call(
+            "POST", f"/v1/orders/{order_id}/{action}", headers=self.auth(user_id)
+        )
 
     async def stats(self, sale_id: str) -> dict[str, Any]:
         reply = await self.call(

@@ -1,0 +1,156 @@
+"""What operators and scripts touch: the CLI, health, stats, key layout, sale creation."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import pytest
+from redis.asyncio import Redis
+
+from flashsale.http.admin import parse_sale
+from flashsale.settings import Settings
+from flashsale.store.sales import insert_sale
+from tests.helpers import Service, sale_spec
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        FLASHSALE_REDIS_URL=settings.redis_url,
+        FLASHSALE_DATABASE_URL=settings.database_url,
+        FLASHSALE_KEY_PREFIX=settings.key_prefix,
+        FLASHSALE_TOKEN_SECRET=settings.token_secret,
+        FLASHSALE_ADMIN_TOKEN=settings.admin_token,
+    )
+    env.update(extra)
+    return env
+
+
+def _flashsale(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flashsale", *args]
+
+
+async def test_keys_of_a_sale_share_one_hash_tag(service: Service, redis: Redis) -> None:
+    sale = await service.create_sale(stock=5, per_user_limit=2)
+    sale_id = sale["sale_id"]
+    reply = await service.buy(sale_id, "u:1", {"quantity": 2}, key="k")
+    await service.order_action(reply.body["order"]["order_id"], "u:1", "pay")
+    keys = [k async for k in redis.scan_iter(match=f"{service.settings.key_prefix}:*")]
+    sale_keys = [k for k in keys if k != f"{service.settings.key_prefix}:sales"]
+    assert len(sale_keys) >= 5  # sale, holders, deadlines-or-events, order, idempotency
+    for key in sale_keys:
+        assert f"{{{sale_id}}}" in key
+        assert key.count("{") == 1
+
+
+async def test_stats_count_units_and_postgres_orders(service: Service) -> None:
+    sale = await service.create_sale(stock=4, per_user_limit=1)
+    ids = [
+        (await service.buy(sale["sale_id"], f"u{i}")).body["order"]["order_id"] for i in range(3)
+    ]
+    await service.order_action(ids[0], "u0", "pay")
+    await service.order_action(ids[1], "u1", "cancel")
+    stats = await service.wait_for_postgres(sale["sale_id"])
+    assert {k: stats[k] for k in ("stock", "available", "reserved", "paid", "cancelled")} == {
+        "stock": 4, "available": 2, "reserved": 1, "paid": 1, "cancelled": 1,
+    }  # fmt: skip
+    assert stats["orders_in_postgres"] == {
+        "reserved": 1, "paid": 1, "expired": 0, "cancelled": 1, "total": 3,
+    }  # fmt: skip
+
+
+async def test_interrupted_create_is_completed_by_repeating_it(service: Service) -> None:
+    spec = sale_spec(sale_id="half-made", stock=7)
+    # the PostgreSQL half of a create whose Redis half never happened
+    assert await insert_sale(service.services.pool, parse_sale(dict(spec)))
+    assert (await service.call("GET", "/v1/sales/half-made")).status == 404
+    done = await service.call("POST", "/v1/admin/sales", json=spec, headers=service.admin_headers)
+    assert done.status == 201
+    assert done.body["sale"]["available"] == 7
+    again = await service.call("POST", "/v1/admin/sales", json=spec, headers=service.admin_headers)
+    assert again.status == 409
+    assert again.body["error"] == "sale_exists"
+
+
+async def test_healthz(service: Service) -> None:
+    reply = await service.call("GET", "/healthz")
+    assert reply.status == 200
+    assert reply.body == {"status": "ok", "redis": "ok", "postgres": "ok"}
+
+
+async def test_token_command_prints_an_accepted_token(service: Service, settings: Settings) -> None:
+    sale = await service.create_sale(stock=1)
+    proc = await asyncio.create_subprocess_exec(
+        *_flashsale("token", "cli-user"), env=_env(settings), stdout=asyncio.subprocess.PIPE
+    )
+    stdout, _ = await proc.communicate()
+    assert proc.returncode == 0
+    headers = {"Authorization": f"Bearer {stdout.decode().strip()}"}
+    reply = await service.call("POST", f"/v1/sales/{sale['sale_id']}/buy", json={}, headers=headers)
+    assert reply.status == 201
+    assert reply.body["order"]["user_id"] == "cli-user"
+
+
+def test_token_command_refuses_without_a_secret(settings: Settings) -> None:
+    env = _env(settings)
+    del env["FLASHSALE_TOKEN_SECRET"]
+    out = subprocess.run(_flashsale("token", "x"), env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "FLASHSALE_TOKEN_SECRET" in out.stderr
+
+
+def test_short_secret_is_refused(settings: Settings) -> None:
+    env = _env(settings, FLASHSALE_TOKEN_SECRET="too-short")
+    out = subprocess.run(_flashsale("token", "x"), env=env, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert "32 bytes" in out.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def test_serve_applies_the_schema_and_answers(settings: Settings) -> None:
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port)), env=_env(settings)
+    )
+    try:
+        body: dict[str, Any] = {}
+        deadline = time.monotonic() + 20
+        async with aiohttp.ClientSession() as http:
+            while time.monotonic() < deadline:
+                try:
+                    async with http.get(f"http://127.0.0.1:{port}/healthz") as resp:
+                        body = await resp.json()
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        assert body.get("status") == "ok", body
+    finally:
+        proc.terminate()
+        await asyncio.wait_for(proc.wait(), 10)
+    assert proc.returncode == 0, "SIGTERM is a clean shutdown"
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_a_whole_sale(settings: Settings) -> None:
+    out = subprocess.run(
+        _flashsale("demo", "--stock", "100", "--shoppers", "600", "--concurrency", "50"),
+        env=_env(settings), capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "verdict: all invariants hold" in out.stdout
+    assert "orders in PostgreSQL: 100" in out.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
@@ -14,22 +15,21 @@ _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 ORDER_ID_RE = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)\.([0-9a-z]{26})$")
 
 
-def _base32(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        chars.append(_CROCKFORD[value & 31])
-        value >>= 5
-    return "".join(reversed(chars))
+# RFC 4648 base32 digits -> Crockford's, same order, so ids still sort by time
+_TO_CROCKFORD = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD)
+
+
+def _base32(data: bytes) -> str:
+    return base64.b32encode(data).decode().rstrip("=").translate(_TO_CROCKFORD)
 
 
 def new_sale_id() -> str:
-    return "sale-" + _base32(int.from_bytes(os.urandom(8), "big"), 12)
+    return "sale-" + _base32(os.urandom(8))[:12]
 
 
 def new_order_id(sale_id: str) -> str:
     ms = time.time_ns() // 1_000_000
-    rand = int.from_bytes(os.urandom(10), "big")
-    return f"{sale_id}.{_base32((ms << 80) | rand, 26)}"
+    return f"{sale_id}.{_base32(ms.to_bytes(6, 'big') + os.urandom(10))}"
 
 
 def sale_of_order(order_id: str) -> str | None:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError, TimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 
 from flashsale.settings import Settings
 
@@ -17,5 +21,13 @@ def connect_redis(settings: Settings) -> Redis:
         decode_responses=True,
         socket_connect_timeout=2,
         socket_timeout=5,
+        # Every script is idempotent by request (a buy by its order id), so a command whose
+        # connection broke may be sent again safely.
+        retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), retries=3),
+        retry_on_error=[ConnectionError, TimeoutError],
+        # With maintenance notifications on ("auto", the default) redis-py skips its check for
+        # connections the server closed, so after a Redis restart every pooled connection would
+        # fail one request before reconnecting.
+        maint_notifications_config=MaintNotificationsConfig(enabled=False),
     )
     return Redis(connection_pool=pool)

@@ -94,11 +94,23 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
     tasks = [asyncio.create_task(_supervised(name, job), name=name) for name, job in jobs]
     app[BACKGROUND_TASKS] = tasks
     yield
-    for task in tasks:
-        task.cancel()
+    await stop_tasks(tasks)
+
+
+async def stop_tasks(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel until done. One cancel is not always enough on Python 3.11: redis-py's
+    ``asyncio.wait_for`` around a socket write can swallow a cancellation that arrives just as
+    the write completes, and the loop would run on (and shutdown hang) forever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
     for task in tasks:
         with contextlib.suppress(asyncio.CancelledError):
-            await task
+            exc = task.exception()
+            if exc is not None:
+                log.error("%s ended with %r", task.get_name(), exc)
 
 
 async def _supervised(name: str, job: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -50,8 +50,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (RedisConnectionError, RedisTimeoutError, OSError) as exc:
         log.warning("%s %s: store unavailable: %s", request.method, request.path, exc)
         return error_response(503, "unavailable", "a backing store is unavailable; try again")
-    except (asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
-            asyncpg.CannotConnectNowError) as exc:  # fmt: skip
+    except (
+        asyncpg.PostgresConnectionError,  # connection lost mid-query
+        asyncpg.OperatorInterventionError,  # shutting down, starting up
+        asyncpg.InsufficientResourcesError,  # too many connections
+        asyncpg.InterfaceError,
+    ) as exc:
         log.warning("%s %s: database unavailable: %s", request.method, request.path, exc)
         return error_response(503, "unavailable", "the database is unavailable; try again")
     except Exception:

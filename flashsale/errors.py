@@ -4,6 +4,7 @@
 
     FlashsaleError                       500 internal_error
     ├── InvalidRequest                   400 invalid_request
+    │   └── UnreadableBody               400 invalid_request (and the connection is closed)
     ├── Unauthorized                     401 unauthorized
     ├── NotFound                         404 not_found
     │   ├── SaleNotFound                 404 sale_not_found
@@ -33,6 +34,7 @@ class FlashsaleError(Exception):
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "internal error"
+    close_connection: ClassVar[bool] = False
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or self.default_message
@@ -41,6 +43,13 @@ class FlashsaleError(Exception):
 
 class InvalidRequest(FlashsaleError):
     status, code, default_message = 400, "invalid_request", "the request is not valid"
+
+
+class UnreadableBody(InvalidRequest):
+    """The body could not be decoded (e.g. it does not match its Content-Encoding): what follows
+    on the connection cannot be trusted, so it is closed after the answer."""
+
+    close_connection = True
 
 
 class Unauthorized(FlashsaleError):

@@ -7,12 +7,13 @@ import os
 import re
 import time
 
-SALE_ID_RE = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$")
+# \Z, not $: "$" also matches before a trailing newline
+SALE_ID_RE = re.compile(r"\A[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?\Z")
 _CROCKFORD = "0123456789abcdefghjkmnpqrstvwxyz"
 # An order id is "<sale_id>.<26 base32 chars>": the sale id lets the service find the order's
 # keys (and Redis Cluster slot) from the id alone; the rest is 48 bits of milliseconds and 80
 # random bits, so ids sort by creation time and cannot be guessed.
-ORDER_ID_RE = re.compile(r"^([a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)\.([0-9a-z]{26})$")
+ORDER_ID_RE = re.compile(r"\A([a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?)\.([0-9a-z]{26})\Z")
 
 
 # RFC 4648 base32 digits -> Crockford's, same order, so ids still sort by time

@@ -121,8 +121,10 @@ async def _sale(
           f"({len(winners) / sellout_s:.0f} buys/s)")  # fmt: skip
     print("answers: " + ", ".join(f"{k} {v}" for k, v in answers.most_common()))
     print(f"winners: {paid} paid, {cancelled} cancelled (their units are back on sale)")
-    print(f"stock {stats['stock']}: available {stats['available']}, reserved {stats['reserved']}, "
-          f"paid {stats['paid']}, cancelled {stats['cancelled']}, expired {stats['expired']}")  # fmt: skip
+    units = ", ".join(
+        f"{k} {stats[k]}" for k in ("available", "reserved", "paid", "cancelled", "expired")
+    )
+    print(f"stock {stats['stock']}: {units}")
     print(f"orders in PostgreSQL: {pg['total']} ({pg['paid']} paid, {pg['cancelled']} cancelled, "
           f"{pg['reserved']} reserved)")  # fmt: skip
 

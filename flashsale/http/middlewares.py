@@ -38,6 +38,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(exc.status, exc.code, exc.message)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
+        if exc.close_connection:
+            response.force_close()
         return response
     except web.HTTPException as exc:
         if exc.status < 400:

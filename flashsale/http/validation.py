@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from flashsale.errors import BodyTooLarge, InvalidRequest
+from flashsale.errors import BodyTooLarge, InvalidRequest, UnreadableBody
 
-_IDEMPOTENCY_KEY_RE = re.compile(r"^[!-~]{1,255}$")  # visible ASCII, as Stripe allows
+_EARLIEST_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_LATEST_MS = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp() * 1000)
+_IDEMPOTENCY_KEY_RE = re.compile(r"\A[!-~]{1,255}\Z")  # visible ASCII, as Stripe allows
 
 
 async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
@@ -20,11 +22,14 @@ async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, An
         raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(max_bytes + 1 - size):
-        size += len(chunk)
-        if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
-            raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
-        chunks.append(chunk)
+    try:
+        while chunk := await request.content.read(max_bytes + 1 - size):
+            size += len(chunk)
+            if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
+                raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
+            chunks.append(chunk)
+    except web.RequestPayloadError as exc:  # e.g. a body that does not match Content-Encoding
+        raise UnreadableBody(f"the body could not be read: {exc}") from None
     body = b"".join(chunks)
     if not body.strip():
         return {}
@@ -63,6 +68,8 @@ def text(body: dict[str, Any], name: str, *, max_len: int = 200,
         raise InvalidRequest(f"'{name}' is required")
     if not isinstance(value, str) or not value.strip():
         raise InvalidRequest(f"'{name}' must be a non-empty string")
+    if not value.isprintable():  # NUL, newlines, escapes: nothing a shop shows or stores
+        raise InvalidRequest(f"'{name}' may not hold control characters")
     if len(value) > max_len:
         raise InvalidRequest(f"'{name}' may hold at most {max_len} characters")
     return value
@@ -79,7 +86,10 @@ def timestamp_ms(body: dict[str, Any], name: str) -> int:
         ) from None
     if value.tzinfo is None:
         raise InvalidRequest(f"'{name}' must carry a UTC offset, e.g. +00:00 or Z")
-    return int(value.timestamp() * 1000)
+    ms = int(value.timestamp() * 1000)
+    if not _EARLIEST_MS <= ms <= _LATEST_MS:
+        raise InvalidRequest(f"'{name}' must fall between the years 2000 and 9998")
+    return ms
 
 
 def idempotency_key(request: web.Request) -> str | None:

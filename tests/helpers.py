@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -122,6 +123,21 @@ class Service:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def flashsale_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a ``flashsale`` subprocess configured like ``settings``: this
+    machine's variables without any FLASHSALE_* of its own, then the test's, then ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
+    env.update(
+        FLASHSALE_REDIS_URL=settings.redis_url,
+        FLASHSALE_DATABASE_URL=settings.database_url,
+        FLASHSALE_KEY_PREFIX=settings.key_prefix,
+        FLASHSALE_TOKEN_SECRET=settings.token_secret,
+        FLASHSALE_ADMIN_TOKEN=settings.admin_token,
+    )
+    env.update(extra)
+    return env
 
 
 async def start_service(settings: Settings) -> Service:

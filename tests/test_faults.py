@@ -5,7 +5,6 @@ its AOF fsynced at every write. Each promise is checked against what the stores 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import signal
 import sys
@@ -23,7 +22,7 @@ from flashsale.settings import ConfirmMode, Settings
 from flashsale.store.writer import OrderWriter
 from tests import servers
 from tests.conftest import ServiceFactory
-from tests.helpers import Reply, gather_limited
+from tests.helpers import Reply, flashsale_env, gather_limited
 
 private_redis = servers.private_redis
 private_postgres = servers.private_postgres
@@ -32,18 +31,6 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 # -- helpers --------------------------------------------------------------------------------
-
-
-def writer_env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
-    env.update(
-        FLASHSALE_REDIS_URL=settings.redis_url,
-        FLASHSALE_DATABASE_URL=settings.database_url,
-        FLASHSALE_KEY_PREFIX=settings.key_prefix,
-        FLASHSALE_TOKEN_SECRET=settings.token_secret,
-    )
-    env.update(extra)
-    return env
 
 
 async def start_writer(env: dict[str, str], log: Path) -> asyncio.subprocess.Process:
@@ -144,7 +131,7 @@ async def test_writer_killed_between_commit_and_ack_loses_and_doubles_nothing(
 
     # 1. a writer that SIGKILLs itself right after its first commit
     log = tmp_path / "writers.log"
-    env = writer_env(settings, FLASHSALE_WRITER_BATCH_SIZE=str(batch_size))
+    env = flashsale_env(settings, FLASHSALE_WRITER_BATCH_SIZE=str(batch_size))
     doomed = await start_writer(env | {"FLASHSALE_FAILPOINTS": "writer.after_commit=kill"}, log)
     try:
         code = await asyncio.wait_for(doomed.wait(), 30)

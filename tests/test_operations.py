@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import subprocess
 import sys
@@ -17,20 +16,7 @@ from redis.asyncio import Redis
 from flashsale.http.admin import parse_sale
 from flashsale.settings import Settings
 from flashsale.store.sales import insert_sale
-from tests.helpers import Service, sale_spec
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        FLASHSALE_REDIS_URL=settings.redis_url,
-        FLASHSALE_DATABASE_URL=settings.database_url,
-        FLASHSALE_KEY_PREFIX=settings.key_prefix,
-        FLASHSALE_TOKEN_SECRET=settings.token_secret,
-        FLASHSALE_ADMIN_TOKEN=settings.admin_token,
-    )
-    env.update(extra)
-    return env
+from tests.helpers import Service, flashsale_env, sale_spec
 
 
 def _flashsale(*args: str) -> list[str]:
@@ -88,7 +74,9 @@ async def test_healthz(service: Service) -> None:
 async def test_token_command_prints_an_accepted_token(service: Service, settings: Settings) -> None:
     sale = await service.create_sale(stock=1)
     proc = await asyncio.create_subprocess_exec(
-        *_flashsale("token", "cli-user"), env=_env(settings), stdout=asyncio.subprocess.PIPE
+        *_flashsale("token", "cli-user"),
+        env=flashsale_env(settings),
+        stdout=asyncio.subprocess.PIPE,
     )
     stdout, _ = await proc.communicate()
     assert proc.returncode == 0
@@ -99,7 +87,7 @@ async def test_token_command_prints_an_accepted_token(service: Service, settings
 
 
 def test_token_command_refuses_without_a_secret(settings: Settings) -> None:
-    env = _env(settings)
+    env = flashsale_env(settings)
     del env["FLASHSALE_TOKEN_SECRET"]
     out = subprocess.run(_flashsale("token", "x"), env=env, capture_output=True, text=True)
     assert out.returncode == 2
@@ -107,7 +95,7 @@ def test_token_command_refuses_without_a_secret(settings: Settings) -> None:
 
 
 def test_short_secret_is_refused(settings: Settings) -> None:
-    env = _env(settings, FLASHSALE_TOKEN_SECRET="too-short")
+    env = flashsale_env(settings, FLASHSALE_TOKEN_SECRET="too-short")
     out = subprocess.run(_flashsale("token", "x"), env=env, capture_output=True, text=True)
     assert out.returncode == 2
     assert "32 bytes" in out.stderr
@@ -123,7 +111,8 @@ def _free_port() -> int:
 async def test_serve_applies_the_schema_and_answers(settings: Settings) -> None:
     port = _free_port()
     proc = await asyncio.create_subprocess_exec(
-        *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port)), env=_env(settings)
+        *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port)),
+        env=flashsale_env(settings),
     )
     try:
         body: dict[str, Any] = {}
@@ -149,7 +138,7 @@ async def test_serve_applies_the_schema_and_answers(settings: Settings) -> None:
 def test_demo_runs_a_whole_sale(settings: Settings) -> None:
     out = subprocess.run(
         _flashsale("demo", "--stock", "100", "--shoppers", "600", "--concurrency", "50"),
-        env=_env(settings), capture_output=True, text=True, timeout=110,
+        env=flashsale_env(settings), capture_output=True, text=True, timeout=110,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "verdict: all invariants hold" in out.stdout

@@ -116,7 +116,7 @@ class Service:
             units = {r["status"]: r["units"] for r in rows}
             statuses = ("reserved", "paid", "expired", "cancelled")
             if all(units.get(status, 0) == s[status] for status in statuses):
-                return s
+                return await self.stats(sale_id)  # read again: its PostgreSQL counts are current
             if time.monotonic() > deadline:
                 raise AssertionError(f"PostgreSQL did not catch up: {pg} vs {s}")
             await asyncio.sleep(0.05)

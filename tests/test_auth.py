@@ -1,0 +1,213 @@
+"""Identity rules: who may buy (an HS256 shopper JWT, nothing else) and who may run sales (the
+admin token, nothing else). Every refusal is 401 ``unauthorized`` with ``WWW-Authenticate``."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jwt
+
+from flashsale.auth import issue_token
+from tests.helpers import Reply, Service, sale_spec
+
+OTHER_SECRET = "another-secret-of-at-least-32-bytes-0123456789"
+
+
+def assert_unauthorized(reply: Reply, what: str = "") -> None:
+    assert reply.status == 401, (what, reply.status, reply.body)
+    assert reply.body == {"error": "unauthorized", "message": reply.body["message"]}, what
+    assert reply.body["message"], what
+    assert reply.headers["Content-Type"].startswith("application/json"), what
+    assert reply.headers.get("WWW-Authenticate") == "Bearer", (what, reply.headers)
+
+
+def b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def craft(
+    payload: dict[str, Any], secret: str | None, alg: str = "HS256", sign_with: str | None = None
+) -> str:
+    """A JWT built by hand, so that nothing in a library stops a malformed one being made.
+    Signed with ``sign_with`` (default: ``alg``) unless ``secret`` is None."""
+    header = b64url(json.dumps({"alg": alg, "typ": "JWT"}).encode())
+    body = b64url(json.dumps(payload).encode())
+    signing_input = f"{header}.{body}".encode()
+    digests = {"HS256": hashlib.sha256, "HS384": hashlib.sha384, "HS512": hashlib.sha512}
+    signature = ""
+    if secret is not None:
+        digest = digests[sign_with or alg]
+        signature = b64url(hmac.new(secret.encode(), signing_input, digest).digest())
+    return f"{header}.{body}.{signature}"
+
+
+def claims(**fields: Any) -> dict[str, Any]:
+    now = int(time.time())
+    return {"sub": "mallory", "iat": now, "exp": now + 3600, **fields}
+
+
+def without(name: str) -> dict[str, Any]:
+    c = claims()
+    del c[name]
+    return c
+
+
+def refused_tokens(secret: str) -> dict[str, str]:
+    """Tokens a shopper must never get in with; ``secret`` is the service's own."""
+    now = int(time.time())
+    return {
+        "garbage": "not-a-jwt",
+        "three garbage parts": "a.b.c",
+        "another secret": issue_token(OTHER_SECRET, "mallory"),
+        "expired": issue_token(secret, "mallory", ttl_s=-60),
+        "expired by hand": craft(claims(iat=now - 120, exp=now - 60), secret),
+        "alg none by hand": craft(claims(), None, alg="none"),
+        "alg none, HS256 signature": craft(claims(), secret, alg="none", sign_with="HS256"),
+        "alg none by PyJWT": jwt.encode(claims(), key=None, algorithm="none"),
+        "no sub": craft(without("sub"), secret),
+        "no exp": craft(without("exp"), secret),
+        "sub is a number": craft(claims(sub=42), secret),
+        "sub is null": craft(claims(sub=None), secret),
+        "sub is a list": craft(claims(sub=["mallory"]), secret),
+        "sub is empty": craft(claims(sub=""), secret),
+        "sub over 128 chars": craft(claims(sub="u" * 129), secret),
+        "exp not a number": craft(claims(exp="tomorrow"), secret),
+        "not yet valid (nbf)": craft(claims(nbf=now + 3600), secret),
+        "over 2048 chars": craft(claims(pad="x" * 2100), secret),
+        "HS512 with the right secret": craft(claims(), secret, alg="HS512"),
+        "HS384 with the right secret": craft(claims(), secret, alg="HS384"),
+        "signature stripped": craft(claims(), secret).rsplit(".", 1)[0] + ".",
+        "payload swapped": (
+            craft(claims(sub="alice"), secret).split(".")[0]
+            + "."
+            + b64url(json.dumps(claims(sub="bob")).encode())
+            + "."
+            + craft(claims(sub="alice"), secret).split(".")[2]
+        ),
+    }
+
+
+async def test_control_tokens_are_accepted(service: Service) -> None:
+    """The hand-made tokens below are refused for what they break, not for how they are made."""
+    sale = await service.create_sale(stock=10)
+    secret = service.settings.token_secret
+    for label, token in {
+        "issue_token": issue_token(secret, "alice"),
+        "by hand": craft(claims(sub="bob"), secret),
+        "sub of 128 chars": craft(claims(sub="c" * 128), secret),
+        "lower-case scheme": craft(claims(sub="dave"), secret),
+    }.items():
+        scheme = "bearer" if label == "lower-case scheme" else "Bearer"
+        reply = await service.call(
+            "POST",
+            f"/v1/sales/{sale['sale_id']}/buy",
+            headers={"Authorization": f"{scheme} {token}"},
+        )
+        assert reply.status == 201, (label, reply.body)
+
+
+async def test_bad_authorization_headers_are_401(service: Service) -> None:
+    sale = await service.create_sale(stock=10)
+    token = issue_token(service.settings.token_secret, "alice")
+    headers: dict[str, dict[str, str]] = {
+        "no header": {},
+        "empty header": {"Authorization": ""},
+        "scheme only": {"Authorization": "Bearer"},
+        "scheme and blanks": {"Authorization": "Bearer    "},
+        "Basic scheme": {"Authorization": "Basic " + base64.b64encode(b"alice:pw").decode()},
+        "Token scheme with a good token": {"Authorization": f"Token {token}"},
+        "a good token without scheme": {"Authorization": token},
+        "the admin token": service.admin_headers,
+    }
+    for label, h in headers.items():
+        reply = await service.call("POST", f"/v1/sales/{sale['sale_id']}/buy", json={}, headers=h)
+        assert_unauthorized(reply, label)
+    assert (await service.stats(sale["sale_id"]))["reserved"] == 0
+
+
+async def test_refused_tokens_are_401(service: Service) -> None:
+    sale = await service.create_sale(stock=10)
+    tokens = refused_tokens(service.settings.token_secret)
+    assert len(tokens["over 2048 chars"]) > 2048
+    for label, token in tokens.items():
+        reply = await service.call(
+            "POST",
+            f"/v1/sales/{sale['sale_id']}/buy",
+            json={},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert_unauthorized(reply, label)
+    stats = await service.stats(sale["sale_id"])
+    assert (stats["available"], stats["reserved"]) == (10, 0)
+
+
+async def test_every_shopper_endpoint_wants_a_token(service: Service) -> None:
+    sale = await service.create_sale(stock=10)
+    bought = await service.buy(sale["sale_id"], "alice")
+    order_id = bought.body["order"]["order_id"]
+    expired = {"Authorization": f"Bearer {issue_token(service.settings.token_secret, 'alice', -1)}"}
+    for method, path in [
+        ("POST", f"/v1/sales/{sale['sale_id']}/buy"),
+        ("GET", f"/v1/orders/{order_id}"),
+        ("POST", f"/v1/orders/{order_id}/pay"),
+        ("POST", f"/v1/orders/{order_id}/cancel"),
+    ]:
+        for label, h in {"none": {}, "expired": expired}.items():
+            assert_unauthorized(await service.call(method, path, headers=h), f"{path} {label}")
+    # the order was neither paid nor cancelled by any of that
+    mine = await service.call("GET", f"/v1/orders/{order_id}", headers=service.auth("alice"))
+    assert mine.body["order"]["status"] == "reserved"
+    # the sale view is public
+    assert (await service.call("GET", f"/v1/sales/{sale['sale_id']}")).status == 200
+
+
+async def test_admin_endpoints_refuse_everyone_else(service: Service) -> None:
+    sale = await service.create_sale(stock=10)
+    sid = sale["sale_id"]
+    callers: dict[str, Callable[[], dict[str, str]]] = {
+        "no token": dict,
+        "wrong token": lambda: {"Authorization": "Bearer not-the-admin-token"},
+        "admin token with a suffix": lambda: {
+            "Authorization": f"Bearer {service.settings.admin_token}x"
+        },
+        "admin token, Basic scheme": lambda: {
+            "Authorization": f"Basic {service.settings.admin_token}"
+        },
+        "a shopper JWT": lambda: service.auth("alice"),
+    }
+    endpoints = [
+        ("POST", "/v1/admin/sales", sale_spec(sale_id=f"{sid}-x")),
+        ("POST", f"/v1/admin/sales/{sid}/pause", None),
+        ("POST", f"/v1/admin/sales/{sid}/resume", None),
+        ("POST", f"/v1/admin/sales/{sid}/close", None),
+        ("GET", f"/v1/admin/sales/{sid}/stats", None),
+    ]
+    for method, path, body in endpoints:
+        for label, headers in callers.items():
+            reply = await service.call(method, path, json=body, headers=headers())
+            assert_unauthorized(reply, f"{method} {path} with {label}")
+    # nothing happened: the sale is still open, and no other sale was created
+    view = await service.call("GET", f"/v1/sales/{sid}")
+    assert view.body["sale"]["status"] == "open"
+    assert (await service.call("GET", f"/v1/sales/{sid}-x")).status == 404
+    assert (await service.buy(sid, "alice")).status == 201
+
+
+async def test_a_remembered_token_still_expires(service: Service) -> None:
+    """Decoded tokens are cached; the cache must not outlive the token's ``exp``."""
+    sale = await service.create_sale(stock=10, per_user_limit=5)
+    exp = int(time.time()) + 1
+    if exp - time.time() < 0.2:
+        exp += 1
+    headers = {"Authorization": f"Bearer {craft(claims(exp=exp), service.settings.token_secret)}"}
+    path = f"/v1/sales/{sale['sale_id']}/buy"
+    assert (await service.call("POST", path, headers=headers)).status == 201
+    await asyncio.sleep(exp - time.time() + 0.05)
+    assert_unauthorized(await service.call("POST", path, headers=headers), "expired while cached")

@@ -4,7 +4,8 @@
 
     FlashsaleError                       500 internal_error
     ├── InvalidRequest                   400 invalid_request
-    │   └── UnreadableBody               400 invalid_request (and the connection is closed)
+    │   ├── UnreadableBody               400 invalid_request (and the connection is closed)
+    │   └── FcodeMalformed               400 fcode_malformed
     ├── Unauthorized                     401 unauthorized
     ├── NotFound                         404 not_found
     │   ├── SaleNotFound                 404 sale_not_found
@@ -16,10 +17,14 @@
     │   ├── SaleNotOpen                  409 sale_not_open
     │   ├── OrderExpired                 409 order_expired
     │   ├── OrderCancelled               409 order_cancelled
-    │   └── OrderPaid                    409 order_paid
+    │   ├── OrderPaid                    409 order_paid
+    │   ├── FcodeInvalid                 409 fcode_invalid
+    │   ├── FcodeUsed                    409 fcode_used
+    │   └── FcodeRevoked                 409 fcode_revoked
     ├── SaleEnded                        410 sale_ended
     ├── BodyTooLarge                     413 body_too_large
     ├── IdempotencyKeyReused             422 idempotency_key_reused
+    ├── FcodeThrottled                   429 fcode_throttled (with Retry-After)
     └── Unavailable                      503 unavailable
 """
 
@@ -50,6 +55,10 @@ class UnreadableBody(InvalidRequest):
     on the connection cannot be trusted, so it is closed after the answer."""
 
     close_connection = True
+
+
+class FcodeMalformed(InvalidRequest):
+    code, default_message = "fcode_malformed", "this is not an F-code: check it for typos"
 
 
 class Unauthorized(FlashsaleError):
@@ -103,6 +112,18 @@ class OrderPaid(Conflict):
     code, default_message = "order_paid", "the order is already paid"
 
 
+class FcodeInvalid(Conflict):
+    code, default_message = "fcode_invalid", "this F-code is not valid for this sale and shopper"
+
+
+class FcodeUsed(Conflict):
+    code, default_message = "fcode_used", "this F-code has been used"
+
+
+class FcodeRevoked(Conflict):
+    code, default_message = "fcode_revoked", "this F-code has been revoked"
+
+
 class SaleEnded(FlashsaleError):
     status, code, default_message = 410, "sale_ended", "the sale has ended"
 
@@ -117,6 +138,16 @@ class IdempotencyKeyReused(FlashsaleError):
         "idempotency_key_reused",
         "this Idempotency-Key was already used with a different request",
     )
+
+
+class FcodeThrottled(FlashsaleError):
+    """Too many failed F-codes from this shopper or address: a pause makes guessing useless."""
+
+    status, code, default_message = 429, "fcode_throttled", "too many failed F-codes; wait a moment"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 60) -> None:
+        super().__init__(message or f"too many failed F-codes; try again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(FlashsaleError):

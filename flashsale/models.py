@@ -57,18 +57,28 @@ class SaleDefinition:
     starts_ms: int
     ends_ms: int
     reservation_ttl_s: int
+    # units of ``stock`` set aside for F-code holders, who may buy from ``fcode_opens_ms`` on
+    fcode_stock: int = 0
+    fcode_opens_ms: int | None = None  # None: with the public, at ``starts_ms``
+
+    @property
+    def fcode_opens_at_ms(self) -> int:
+        return self.starts_ms if self.fcode_opens_ms is None else self.fcode_opens_ms
 
 
 @dataclass(frozen=True, slots=True)
 class SaleCounters:
-    """Units by where they are. ``available + reserved + paid == stock`` always holds;
-    ``expired`` and ``cancelled`` count units that came back (and may have sold again)."""
+    """Units by where they are. ``available + fcode_available + reserved + paid == stock``
+    always holds; ``expired`` and ``cancelled`` count units that came back (and may have sold
+    again). ``available`` is the public lane, ``fcode_available`` the F-code lane."""
 
     available: int
     reserved: int
     paid: int
     expired: int
     cancelled: int
+    fcode_available: int = 0
+    fcode_failures: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +112,9 @@ class SaleView:
             "starts_at": iso(d.starts_ms),
             "ends_at": iso(d.ends_ms),
             "status": self.status(now_ms).value,
+            "fcode_stock": d.fcode_stock,
+            "fcode_available": self.counters.fcode_available,
+            "fcode_opens_at": iso(d.fcode_opens_at_ms),
         }
 
     def admin_json(self, now_ms: int) -> dict[str, Any]:
@@ -122,8 +135,10 @@ class Order:
     created_ms: int
     expires_ms: int
     updated_ms: int
+    campaign: str = ""  # the F-code campaign the order was bought with, "" for a public buy
 
     def to_json(self) -> dict[str, Any]:
+        fcode = {"campaign": self.campaign} if self.campaign else {}
         return {
             "order_id": self.order_id,
             "sale_id": self.sale_id,
@@ -133,4 +148,5 @@ class Order:
             "created_at": iso(self.created_ms),
             "expires_at": iso(self.expires_ms),
             "updated_at": iso(self.updated_ms),
+            **fcode,
         }

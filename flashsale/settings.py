@@ -77,8 +77,21 @@ class Settings:
     sold_out_recheck_s: float = 0.1
     # In confirm mode "postgres": how long a buy waits for its commit before giving up with 503.
     pg_confirm_timeout_s: float = 5.0
+    # F-codes are stored as HMAC digests under this key. Unset, it is derived from the token
+    # secret; set it explicitly to rotate the two independently.
+    fcode_secret: str = ""
+    fcode_failures_per_user: int = 5
+    fcode_failures_per_address: int = 20
+    fcode_failure_window_s: int = 60
     run_writer: bool = True
     run_sweeper: bool = True
+
+    @property
+    def fcode_key(self) -> bytes:
+        """The HMAC key of F-code digests."""
+        from flashsale.fcodes.codes import derive_secret
+
+        return self.fcode_secret.encode() if self.fcode_secret else derive_secret(self.token_secret)
 
     @classmethod
     def from_env(cls) -> Settings:
@@ -128,6 +141,16 @@ class Settings:
             ),
             pg_confirm_timeout_s=_env_float(
                 "FLASHSALE_PG_CONFIRM_TIMEOUT_S", defaults.pg_confirm_timeout_s
+            ),
+            fcode_secret=env("FLASHSALE_FCODE_SECRET", ""),
+            fcode_failures_per_user=_env_int(
+                "FLASHSALE_FCODE_FAILURES_PER_USER", defaults.fcode_failures_per_user
+            ),
+            fcode_failures_per_address=_env_int(
+                "FLASHSALE_FCODE_FAILURES_PER_ADDRESS", defaults.fcode_failures_per_address
+            ),
+            fcode_failure_window_s=_env_int(
+                "FLASHSALE_FCODE_FAILURE_WINDOW_S", defaults.fcode_failure_window_s
             ),
             run_writer=env("FLASHSALE_RUN_WRITER", "1") not in ("0", "false", "no"),
             run_sweeper=env("FLASHSALE_RUN_SWEEPER", "1") not in ("0", "false", "no"),

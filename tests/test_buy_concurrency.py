@@ -60,7 +60,7 @@ async def test_sale_view_follows_the_stock(service: Service) -> None:
     assert view.body["sale"]["available"] == 2
     assert set(view.body["sale"]) == {
         "sale_id", "sku", "name", "price_cents", "stock", "available", "per_user_limit",
-        "starts_at", "ends_at", "status",
+        "starts_at", "ends_at", "status", "fcode_stock", "fcode_available", "fcode_opens_at",
     }  # fmt: skip
     assert (await service.buy(sale["sale_id"], "a", {"quantity": 2})).status == 201
     view = await service.call("GET", f"/v1/sales/{sale['sale_id']}")

@@ -26,7 +26,8 @@ from flashsale.models import (
 
 _SALE_FIELDS = (
     "sku", "name", "price_cents", "stock", "per_user_limit", "starts_ms", "ends_ms", "ttl_s",
-    "state", "available", "reserved", "paid", "expired", "cancelled",
+    "state", "available", "reserved", "paid", "expired", "cancelled", "fcode_stock",
+    "fcode_opens_ms", "fcode_available", "fcode_failures",
 )  # fmt: skip
 
 _SETTLE_ERRORS: dict[str, type[errors.FlashsaleError]] = {
@@ -36,6 +37,25 @@ _SETTLE_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "order_paid": errors.OrderPaid,
 }
 
+_BUY_ERRORS: dict[str, type[errors.FlashsaleError]] = {
+    "sale_not_found": errors.SaleNotFound,
+    "sale_ended": errors.SaleEnded,
+    "sale_not_open": errors.SaleNotOpen,
+    "idempotency_key_reused": errors.IdempotencyKeyReused,
+    "fcode_invalid": errors.FcodeInvalid,
+    "fcode_used": errors.FcodeUsed,
+    "fcode_revoked": errors.FcodeRevoked,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class FcodeLimits:
+    """How many failed F-codes a user or an address may send per window before a pause."""
+
+    per_user: int = 5
+    per_address: int = 20
+    window_s: int = 60
+
 
 @dataclass(frozen=True, slots=True)
 class BuyOutcome:
@@ -43,22 +63,30 @@ class BuyOutcome:
     replayed: bool
 
 
-def request_fingerprint(quantity: int) -> str:
+def request_fingerprint(quantity: int, fcode_digest: str) -> str:
     """What makes two buys "the same request" for an Idempotency-Key."""
-    return hashlib.blake2b(f"quantity={quantity}".encode(), digest_size=12).hexdigest()
+    request = f"quantity={quantity};fcode={fcode_digest}".encode()
+    return hashlib.blake2b(request, digest_size=12).hexdigest()
 
 
 class Engine:
     """Sales and orders in Redis. Every method is one atomic script or one read."""
 
     def __init__(
-        self, redis: Redis, keyspace: Keyspace, *, sold_out_recheck_s: float, idempotency_ttl_s: int
+        self,
+        redis: Redis,
+        keyspace: Keyspace,
+        *,
+        sold_out_recheck_s: float,
+        idempotency_ttl_s: int,
+        fcode_limits: FcodeLimits | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keyspace
         self.scripts = Scripts()
         self.sold_out = SoldOutGate(sold_out_recheck_s)
         self._idempotency_ttl_s = idempotency_ttl_s
+        self._fcode_limits = fcode_limits or FcodeLimits()
 
     # -- sales ---------------------------------------------------------------------------------
 
@@ -76,6 +104,10 @@ class Engine:
             "ends_ms": sale.ends_ms,
             "ttl_s": sale.reservation_ttl_s,
             "state": state.value,
+            "fcode_stock": sale.fcode_stock,
+            "fcode_opens_ms": sale.fcode_opens_at_ms,
+            "available": sale.stock - sale.fcode_stock,
+            "fcode_available": sale.fcode_stock,
         }
         args: list[str | int | float] = [x for pair in fields.items() for x in pair]
         armed = await self.scripts.arm_sale(self.redis, [self.keys.sale(sale.sale_id).sale], args)
@@ -100,6 +132,8 @@ class Engine:
             starts_ms=int(f["starts_ms"]),
             ends_ms=int(f["ends_ms"]),
             reservation_ttl_s=int(f["ttl_s"]),
+            fcode_stock=int(f["fcode_stock"] or 0),
+            fcode_opens_ms=int(f["fcode_opens_ms"] or f["starts_ms"]),
         )
         counters = SaleCounters(
             available=int(f["available"]),
@@ -107,6 +141,8 @@ class Engine:
             paid=int(f["paid"]),
             expired=int(f["expired"]),
             cancelled=int(f["cancelled"]),
+            fcode_available=int(f["fcode_available"] or 0),
+            fcode_failures=int(f["fcode_failures"] or 0),
         )
         return SaleView(definition=definition, state=SaleState(f["state"]), counters=counters)
 
@@ -124,43 +160,66 @@ class Engine:
     # -- orders --------------------------------------------------------------------------------
 
     async def buy(
-        self, sale_id: str, user_id: str, quantity: int, idempotency_key: str | None = None
+        self,
+        sale_id: str,
+        user_id: str,
+        quantity: int,
+        idempotency_key: str | None = None,
+        *,
+        fcode_digest: str = "",
+        client_address: str = "",
     ) -> BuyOutcome:
-        """Reserve ``quantity`` units for ``user_id``, or raise the error saying why not."""
-        if self.sold_out.is_sold_out(sale_id):
+        """Reserve ``quantity`` units for ``user_id``, or raise the error saying why not.
+
+        With ``fcode_digest`` the buy is in the F-code lane: the code is checked and consumed
+        and the unit comes from the F-code stock."""
+        public = not fcode_digest
+        # An F-code buyer must still hear about a wrong code, not "sold out" of the public lane.
+        if public and self.sold_out.is_sold_out(sale_id):
             raise errors.SoldOut()
         k = self.keys.sale(sale_id)
         order_id = new_order_id(sale_id)
         if idempotency_key is None:
             fingerprint, idem_key = "", k.idempotency(user_id, "")
         else:
-            fingerprint, idem_key = (
-                request_fingerprint(quantity),
-                k.idempotency(user_id, idempotency_key),
-            )
+            fingerprint = request_fingerprint(quantity, fcode_digest)
+            idem_key = k.idempotency(user_id, idempotency_key)
+        limits = self._fcode_limits
         result = await self.scripts.buy(
             self.redis,
-            [k.sale, k.holders, k.deadlines, k.events, k.order(order_id), idem_key],
-            [user_id, quantity, order_id, fingerprint, self._idempotency_ttl_s],
-        )
+            [
+                k.sale, k.holders, k.deadlines, k.events, k.order(order_id), idem_key, k.fcodes,
+                k.fcode_failures_of_user(user_id), k.fcode_failures_of_address(client_address),
+            ],
+            [
+                user_id, quantity, order_id, fingerprint, self._idempotency_ttl_s, fcode_digest,
+                limits.per_user, limits.per_address, limits.window_s,
+            ],
+        )  # fmt: skip
         word = result[0]
         if word in ("ok", "replay"):
-            _, oid, qty, created_ms, expires_ms = result
+            _, oid, qty, created_ms, expires_ms, campaign = result
             order = Order(
                 order_id=oid, sale_id=sale_id, user_id=user_id, quantity=int(qty),
                 status=OrderStatus.RESERVED, created_ms=int(created_ms),
-                expires_ms=int(expires_ms), updated_ms=int(created_ms),
+                expires_ms=int(expires_ms), updated_ms=int(created_ms), campaign=str(campaign),
             )  # fmt: skip
             return BuyOutcome(order=order, replayed=word == "replay")
-        raise self._buy_error(sale_id, result)
+        raise self._buy_error(sale_id, result, public=public)
 
-    def _buy_error(self, sale_id: str, result: list[str | int]) -> errors.FlashsaleError:
+    def _buy_error(
+        self, sale_id: str, result: list[str | int], *, public: bool
+    ) -> errors.FlashsaleError:
         word = result[0]
         if word == "sold_out":
             available = int(result[1])
             if available <= 0:
-                self.sold_out.mark(sale_id)
-                return errors.SoldOut()
+                if public:
+                    self.sold_out.mark(sale_id)
+                    return errors.SoldOut()
+                return errors.SoldOut(
+                    "the units set aside for F-codes are sold out; the code stays unused"
+                )
             return errors.SoldOut(f"only {available} unit(s) left; ask for fewer")
         if word == "limit_reached":
             held, limit = int(result[1]), int(result[2])
@@ -169,13 +228,9 @@ class Engine:
             )
         if word == "quantity_above_limit":
             return errors.InvalidRequest(f"quantity must be at most {int(result[1])} for this sale")
-        simple: dict[str, type[errors.FlashsaleError]] = {
-            "sale_not_found": errors.SaleNotFound,
-            "sale_ended": errors.SaleEnded,
-            "sale_not_open": errors.SaleNotOpen,
-            "idempotency_key_reused": errors.IdempotencyKeyReused,
-        }
-        return simple[str(word)]()
+        if word == "fcode_throttled":
+            return errors.FcodeThrottled(retry_after_s=max(1, -(-int(result[1]) // 1000)))
+        return _BUY_ERRORS[str(word)]()
 
     async def settle(self, order_id: str, user_id: str, action: str) -> Order:
         """Pay (``action="pay"``) or cancel (``"cancel"``) an order of ``user_id``."""
@@ -185,13 +240,13 @@ class Engine:
         k = self.keys.sale(sale_id)
         result = await self.scripts.settle(
             self.redis,
-            [k.sale, k.holders, k.deadlines, k.events, k.order(order_id)],
+            [k.sale, k.holders, k.deadlines, k.events, k.order(order_id), k.fcodes],
             [order_id, user_id, action],
         )
         word = result[0]
         if word == "order_not_found":
             raise errors.OrderNotFound()
-        _, status, qty, created_ms, expires_ms, updated_ms = result
+        _, status, qty, created_ms, expires_ms, updated_ms, campaign = result
         if status != OrderStatus.PAID.value:
             # units came back to the sale through this process: sell them again at once
             self.sold_out.clear(sale_id)
@@ -200,7 +255,7 @@ class Engine:
         return Order(
             order_id=order_id, sale_id=sale_id, user_id=user_id, quantity=int(qty),
             status=OrderStatus(status), created_ms=int(created_ms), expires_ms=int(expires_ms),
-            updated_ms=int(updated_ms),
+            updated_ms=int(updated_ms), campaign=str(campaign),
         )  # fmt: skip
 
     async def release_unconfirmed(self, order: Order, idempotency_key: str | None) -> None:
@@ -228,6 +283,7 @@ class Engine:
             order_id=order_id, sale_id=sale_id, user_id=user_id, quantity=int(o["qty"]),
             status=OrderStatus(o["status"]), created_ms=int(o["created_ms"]),
             expires_ms=int(o["expires_ms"]), updated_ms=int(o["updated_ms"]),
+            campaign=o.get("campaign", ""),
         )  # fmt: skip
 
     # -- expiry ----------------------------------------------------------------------------------
@@ -243,7 +299,7 @@ class Engine:
             return 0, 0
         expired = await self.scripts.expire(
             self.redis,
-            [k.sale, k.holders, k.deadlines, *(k.order(o) for o in due), k.events],
+            [k.sale, k.holders, k.deadlines, k.fcodes, *(k.order(o) for o in due), k.events],
             [*due],
         )
         if expired:

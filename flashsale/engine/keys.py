@@ -18,6 +18,11 @@ key                                          type    contents and lifetime
 ``<p>:{<sale>}:order:<order_id>``            hash    one order; kept
 ``<p>:{<sale>}:idem:<n>:<user>:<key>``       string  first answer to an Idempotency-Key;
                                                      ``idempotency_ttl_s``
+``<p>:{<sale>}:fcodes``                      hash    F-code digest -> "state|campaign|order|user"
+                                                     (state a = usable, u = used, r = revoked)
+``<p>:{<sale>}:fcfail:u:<n>:<user>``         string  failed F-codes of a user in the window;
+                                                     ``fcode_failure_window_s``
+``<p>:{<sale>}:fcfail:a:<address>``          string  the same per client address
 ==========================================  ======  ============================================
 """
 
@@ -37,6 +42,7 @@ class SaleKeys:
     holders: str
     deadlines: str
     events: str
+    fcodes: str
     _base: str
 
     def order(self, order_id: str) -> str:
@@ -45,6 +51,12 @@ class SaleKeys:
     def idempotency(self, user_id: str, key: str) -> str:
         # the length makes "<user>:<key>" unambiguous whatever characters a user id holds
         return f"{self._base}:idem:{len(user_id)}:{user_id}:{key}"
+
+    def fcode_failures_of_user(self, user_id: str) -> str:
+        return f"{self._base}:fcfail:u:{len(user_id)}:{user_id}"
+
+    def fcode_failures_of_address(self, address: str) -> str:
+        return f"{self._base}:fcfail:a:{address}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,5 +77,6 @@ class Keyspace:
             holders=f"{base}:holders",
             deadlines=f"{base}:deadlines",
             events=f"{base}:events",
+            fcodes=f"{base}:fcodes",
             _base=base,
         )

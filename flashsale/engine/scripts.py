@@ -42,3 +42,5 @@ class Scripts:
         self.buy = LuaScript.load("buy")
         self.settle = LuaScript.load("settle")
         self.expire = LuaScript.load("expire")
+        self.load_fcodes = LuaScript.load("load_fcodes")
+        self.revoke_fcodes = LuaScript.load("revoke_fcodes")

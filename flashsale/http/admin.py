@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 
 _SALE_FIELDS = frozenset({
     "sale_id", "sku", "name", "price_cents", "stock", "per_user_limit", "starts_at", "ends_at",
-    "reservation_ttl_s",
+    "reservation_ttl_s", "fcode_stock", "fcode_opens_at",
 })  # fmt: skip
 
 
@@ -58,18 +58,27 @@ def parse_sale(body: dict[str, object]) -> SaleDefinition:
     starts_ms, ends_ms = timestamp_ms(body, "starts_at"), timestamp_ms(body, "ends_at")
     if ends_ms <= starts_ms:
         raise errors.InvalidRequest("'ends_at' must be after 'starts_at'")
+    stock = integer(body, "stock", minimum=1, maximum=100_000_000)
+    fcode_stock = integer(body, "fcode_stock", default=0, minimum=0, maximum=stock)
+    fcode_opens_ms = (
+        None if body.get("fcode_opens_at") is None else timestamp_ms(body, "fcode_opens_at")
+    )
+    if fcode_opens_ms is not None and fcode_opens_ms >= ends_ms:
+        raise errors.InvalidRequest("'fcode_opens_at' must be before 'ends_at'")
     return SaleDefinition(
         sale_id=sale_id,
         sku=text(body, "sku", max_len=64),
         name=text(body, "name", max_len=200),
         price_cents=integer(body, "price_cents", minimum=0, maximum=10**12),
-        stock=integer(body, "stock", minimum=1, maximum=100_000_000),
+        stock=stock,
         per_user_limit=integer(body, "per_user_limit", default=1, minimum=1, maximum=1000),
         starts_ms=starts_ms,
         ends_ms=ends_ms,
         reservation_ttl_s=integer(
             body, "reservation_ttl_s", default=900, minimum=1, maximum=86_400
         ),
+        fcode_stock=fcode_stock,
+        fcode_opens_ms=fcode_opens_ms,
     )
 
 

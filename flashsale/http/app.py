@@ -12,7 +12,7 @@ from aiohttp import web
 
 from flashsale.auth import AdminAuth, ShopperAuth
 from flashsale.engine.connection import connect_redis
-from flashsale.engine.engine import Engine
+from flashsale.engine.engine import Engine, FcodeLimits
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.sweeper import Sweeper
 from flashsale.http.middlewares import errors_middleware
@@ -51,6 +51,11 @@ def _services_ctx(settings: Settings) -> Any:
             Keyspace(settings.key_prefix),
             sold_out_recheck_s=settings.sold_out_recheck_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
+            fcode_limits=FcodeLimits(
+                per_user=settings.fcode_failures_per_user,
+                per_address=settings.fcode_failures_per_address,
+                window_s=settings.fcode_failure_window_s,
+            ),
         )
         committer = GroupCommitter(pool) if settings.confirm_mode is ConfirmMode.POSTGRES else None
         app[SERVICES] = Services(
@@ -60,6 +65,7 @@ def _services_ctx(settings: Settings) -> Any:
             shoppers=ShopperAuth(settings.token_secret),
             admin=AdminAuth(settings.admin_token),
             committer=committer,
+            fcode_key=settings.fcode_key,
         )
         yield
         await pool.close()

@@ -21,6 +21,7 @@ class Services:
     shoppers: ShopperAuth
     admin: AdminAuth
     committer: GroupCommitter | None  # set in confirm mode "postgres"
+    fcode_key: bytes  # HMAC key of F-code digests
 
 
 SERVICES = web.AppKey("services", Services)

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from flashsale import errors
 from flashsale.engine.engine import BuyOutcome, now_ms
+from flashsale.fcodes import codes
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
 from flashsale.http.validation import idempotency_key, integer, read_json_object, reject_unknown
@@ -18,7 +19,7 @@ from flashsale.store.orders import OrderRow
 
 log = logging.getLogger(__name__)
 
-_BUY_FIELDS = frozenset({"quantity"})
+_BUY_FIELDS = frozenset({"quantity", "fcode"})
 _MAX_QUANTITY = 1000
 
 
@@ -42,24 +43,48 @@ async def buy(request: web.Request) -> web.Response:
     body = await read_json_object(request, services.settings.max_body_bytes)
     reject_unknown(body, _BUY_FIELDS)
     quantity = integer(body, "quantity", default=1, minimum=1, maximum=_MAX_QUANTITY)
+    fcode_digest = _fcode_digest(services, body, quantity)
     key = idempotency_key(request)
-    outcome = await services.engine.buy(sale_id, user_id, quantity, key)
+    outcome = await services.engine.buy(
+        sale_id, user_id, quantity, key, fcode_digest=fcode_digest,
+        client_address=request.remote or "",
+    )  # fmt: skip
     if services.committer is not None:
-        await _confirm_in_postgres(services, outcome, key)
+        await _confirm_in_postgres(services, outcome, key, fcode_digest)
     response = json_response({"order": outcome.order.to_json()}, status=201)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
     return response
 
 
-async def _confirm_in_postgres(services: Services, outcome: BuyOutcome, key: str | None) -> None:
+def _fcode_digest(services: Services, body: dict[str, object], quantity: int) -> str:
+    """The stored form of the F-code in the body, "" without one. A typo is refused here,
+    without a Redis round trip."""
+    raw = body.get("fcode")
+    if raw is None:
+        return ""
+    if not isinstance(raw, str):
+        raise errors.InvalidRequest("'fcode' must be a string")
+    try:
+        normalized = codes.normalize(raw)
+    except codes.MalformedCode as exc:
+        raise errors.FcodeMalformed(str(exc)) from None
+    if quantity != 1:
+        raise errors.InvalidRequest("an F-code buys one unit: leave out 'quantity' or send 1")
+    return codes.digest(services.fcode_key, normalized)
+
+
+async def _confirm_in_postgres(
+    services: Services, outcome: BuyOutcome, key: str | None, fcode_digest: str
+) -> None:
     """Confirm mode "postgres": answer 201 only once the order row is committed; otherwise
     give the units back and answer 503, so nothing half happens."""
     assert services.committer is not None
     order = outcome.order
     try:
         await asyncio.wait_for(
-            services.committer.commit(_reserved_row(order)), services.settings.pg_confirm_timeout_s
+            services.committer.commit(_reserved_row(order, fcode_digest)),
+            services.settings.pg_confirm_timeout_s,
         )
     except Exception as exc:
         log.warning("buy %s not confirmed in PostgreSQL: %s", order.order_id, exc)
@@ -70,11 +95,12 @@ async def _confirm_in_postgres(services: Services, outcome: BuyOutcome, key: str
         ) from None
 
 
-def _reserved_row(order: Order) -> OrderRow:
+def _reserved_row(order: Order, fcode_digest: str) -> OrderRow:
     return OrderRow(
         order_id=order.order_id, sale_id=order.sale_id, user_id=order.user_id,
         quantity=order.quantity, status=order.status.value, version=1,
         expires_ms=order.expires_ms, created_ms=order.created_ms, updated_ms=order.updated_ms,
+        fcode=fcode_digest, campaign=order.campaign,
     )  # fmt: skip
 
 

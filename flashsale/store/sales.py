@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import asyncpg
 
 from flashsale.models import SaleDefinition, SaleState, datetime_to_ms, ms_to_datetime
 
 _COLUMNS = (
     "sale_id, sku, name, price_cents, stock, per_user_limit, starts_at, ends_at, "
-    "reservation_ttl_s, state"
+    "reservation_ttl_s, state, fcode_stock, fcode_opens_at"
 )
 
 
 async def insert_sale(conn: asyncpg.Connection | asyncpg.Pool, sale: SaleDefinition) -> bool:
     """Store a new sale; False when one with this id exists already."""
     row = await conn.fetchrow(
-        f"INSERT INTO sales ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active') "
+        f"INSERT INTO sales ({_COLUMNS}) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11) "
         "ON CONFLICT (sale_id) DO NOTHING RETURNING sale_id",
         sale.sale_id, sale.sku, sale.name, sale.price_cents, sale.stock, sale.per_user_limit,
         ms_to_datetime(sale.starts_ms), ms_to_datetime(sale.ends_ms), sale.reservation_ttl_s,
+        sale.fcode_stock,
+        None if sale.fcode_opens_ms is None else ms_to_datetime(sale.fcode_opens_ms),
     )  # fmt: skip
     return row is not None
 
@@ -34,8 +39,14 @@ async def fetch_sale(
         price_cents=row["price_cents"], stock=row["stock"],
         per_user_limit=row["per_user_limit"], starts_ms=datetime_to_ms(row["starts_at"]),
         ends_ms=datetime_to_ms(row["ends_at"]), reservation_ttl_s=row["reservation_ttl_s"],
+        fcode_stock=row["fcode_stock"],
+        fcode_opens_ms=_ms_or_none(row["fcode_opens_at"]),
     )  # fmt: skip
     return definition, SaleState(row["state"])
+
+
+def _ms_or_none(value: datetime | None) -> int | None:
+    return None if value is None else datetime_to_ms(value)
 
 
 async def update_state(

@@ -32,3 +32,40 @@ CREATE TABLE IF NOT EXISTS orders (
 
 CREATE INDEX IF NOT EXISTS orders_sale_status ON orders (sale_id, status);
 CREATE INDEX IF NOT EXISTS orders_sale_user ON orders (sale_id, user_id);
+
+-- F-codes (added after the first release: ALTERs keep older databases in step)
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS fcode_stock integer NOT NULL DEFAULT 0
+    CHECK (fcode_stock >= 0);
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS fcode_opens_at timestamptz;
+ALTER TABLE orders ADD COLUMN IF NOT EXISTS fcode text;      -- digest of the code used, if any
+ALTER TABLE orders ADD COLUMN IF NOT EXISTS campaign text;   -- its campaign
+
+CREATE TABLE IF NOT EXISTS fcode_campaigns (
+    sale_id    text        NOT NULL REFERENCES sales (sale_id),
+    campaign   text        NOT NULL,
+    issued     integer     NOT NULL,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    loaded_at  timestamptz,            -- set once every code of the campaign is in Redis
+    PRIMARY KEY (sale_id, campaign)
+);
+
+-- A code is stored only as its keyed hash (HMAC). Its redemptions are the orders rows with
+-- this fcode; "state" follows the newest of them, "state_ms" orders the updates.
+CREATE TABLE IF NOT EXISTS fcodes (
+    digest      text        PRIMARY KEY,
+    sale_id     text        NOT NULL,
+    campaign    text        NOT NULL,
+    bound_user  text,
+    state       text        NOT NULL DEFAULT 'issued'
+                            CHECK (state IN ('issued', 'redeemed', 'revoked')),
+    order_id    text,
+    redeemed_by text,
+    issued_at   timestamptz NOT NULL DEFAULT now(),
+    redeemed_at timestamptz,
+    revoked_at  timestamptz,
+    state_ms    bigint      NOT NULL DEFAULT 0,
+    FOREIGN KEY (sale_id, campaign) REFERENCES fcode_campaigns (sale_id, campaign)
+);
+
+CREATE INDEX IF NOT EXISTS fcodes_sale_campaign ON fcodes (sale_id, campaign, state);
+CREATE INDEX IF NOT EXISTS orders_fcode ON orders (fcode) WHERE fcode IS NOT NULL;

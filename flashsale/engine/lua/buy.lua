@@ -1,61 +1,107 @@
 #!lua
--- buy: decide one purchase atomically: sale open, per-user limit, stock, idempotency, the
--- reservation with its deadline, and the order event for the PostgreSQL writer.
--- Every check runs before the first write, so a refusal changes nothing.
+-- buy: decide one purchase atomically: sale open, F-code, per-user limit, stock, idempotency,
+-- the reservation with its deadline, and the order event for the PostgreSQL writer.
+-- Every check runs before the first write, so a refusal changes nothing (except that a failed
+-- F-code is counted, which is the point of counting).
 --
--- KEYS[1]  sale hash               KEYS[4]  events stream
--- KEYS[2]  holders hash            KEYS[5]  order hash (of ARGV[3])
--- KEYS[3]  deadlines zset          KEYS[6]  idempotency string (unused when ARGV[4] is "")
--- ARGV[1]  user id                 ARGV[4]  request fingerprint, "" without Idempotency-Key
--- ARGV[2]  quantity                ARGV[5]  idempotency ttl (s)
--- ARGV[3]  new order id
--- Returns  {"ok", order_id, qty, created_ms, expires_ms}      reserved now
---          {"replay", order_id, qty, created_ms, expires_ms}  the first answer to this request
+-- Two lanes share the script. Public buyers draw from "available" from starts_ms on. F-code
+-- buyers draw from "fcode_available" from fcode_opens_ms on, and consume their code. The lanes
+-- never borrow from each other.
+--
+-- KEYS[1]  sale hash               KEYS[6]  idempotency string (unused when ARGV[4] is "")
+-- KEYS[2]  holders hash            KEYS[7]  F-codes hash (digest -> state|campaign|order|user)
+-- KEYS[3]  deadlines zset          KEYS[8]  failed F-codes of this user (counter)
+-- KEYS[4]  events stream           KEYS[9]  failed F-codes of this address (counter)
+-- KEYS[5]  order hash (of ARGV[3])
+-- ARGV[1]  user id                 ARGV[6]  F-code digest, "" for a public buy
+-- ARGV[2]  quantity                ARGV[7]  failures allowed per user per window
+-- ARGV[3]  new order id            ARGV[8]  failures allowed per address per window
+-- ARGV[4]  request fingerprint     ARGV[9]  failure window (s)
+-- ARGV[5]  idempotency ttl (s)
+-- Returns  {"ok", order_id, qty, created_ms, expires_ms, campaign}      reserved now
+--          {"replay", order_id, qty, created_ms, expires_ms, campaign}  the first answer
 --          {"idempotency_key_reused"} | {"sale_not_found"} | {"sale_ended"}
 --          {"sale_not_open"} | {"quantity_above_limit", limit}
 --          {"limit_reached", held, limit} | {"sold_out", available}
+--          {"fcode_throttled", retry_after_ms} | {"fcode_invalid"} | {"fcode_used"}
+--          {"fcode_revoked"}
 local user, qty, order_id, fingerprint = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
+local fcode = ARGV[6]
 
 -- The client library may resend a request whose reply it lost: the order id makes that a replay.
-local mine = redis.call('HMGET', KEYS[5], 'qty', 'created_ms', 'expires_ms')
+local mine = redis.call('HMGET', KEYS[5], 'qty', 'created_ms', 'expires_ms', 'campaign')
 if mine[1] then
-  return {'replay', order_id, tonumber(mine[1]), tonumber(mine[2]), tonumber(mine[3])}
+  return {'replay', order_id, tonumber(mine[1]), tonumber(mine[2]), tonumber(mine[3]),
+    mine[4] or ''}
 end
 if fingerprint ~= '' then
   local first = redis.call('GET', KEYS[6])
   if first then
-    local fp, oid, q, created, expires = string.match(first, '^([^|]*)|([^|]*)|(%d+)|(%d+)|(%d+)$')
+    local fp, oid, q, created, expires, campaign =
+      string.match(first, '^([^|]*)|([^|]*)|(%d+)|(%d+)|(%d+)|(.*)$')
     if fp ~= fingerprint then return {'idempotency_key_reused'} end
-    return {'replay', oid, tonumber(q), tonumber(created), tonumber(expires)}
+    return {'replay', oid, tonumber(q), tonumber(created), tonumber(expires), campaign}
   end
 end
 
 local sale = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'available',
-  'per_user_limit', 'ttl_s')
+  'per_user_limit', 'ttl_s', 'fcode_available', 'fcode_opens_ms')
 if not sale[1] then return {'sale_not_found'} end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 if sale[1] == 'closed' or now_ms >= tonumber(sale[3]) then return {'sale_ended'} end
-if sale[1] == 'paused' or now_ms < tonumber(sale[2]) then return {'sale_not_open'} end
+local opens_ms, pool = tonumber(sale[2]), 'available'
+if fcode ~= '' then opens_ms, pool = tonumber(sale[8]), 'fcode_available' end
+if sale[1] == 'paused' or now_ms < opens_ms then return {'sale_not_open'} end
+
+local campaign, bound_user = '', ''
+if fcode ~= '' then
+  for i = 8, 9 do
+    local failures = tonumber(redis.call('GET', KEYS[i]) or '0')
+    if failures >= tonumber(ARGV[i - 1]) then
+      return {'fcode_throttled', redis.call('PTTL', KEYS[i])}
+    end
+  end
+  local function refuse(word)
+    for i = 8, 9 do
+      if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[9])) end
+    end
+    redis.call('HINCRBY', KEYS[1], 'fcode_failures', 1)
+    return {word}
+  end
+  local record = redis.call('HGET', KEYS[7], fcode)
+  if not record then return refuse('fcode_invalid') end
+  local state, camp, _, bound = string.match(record, '^(%a)|([^|]*)|([^|]*)|(.*)$')
+  if bound ~= '' and bound ~= user then return refuse('fcode_invalid') end
+  if state == 'r' then return refuse('fcode_revoked') end
+  if state == 'u' then return refuse('fcode_used') end
+  campaign, bound_user = camp, bound
+end
+
 local limit = tonumber(sale[5])
 if qty > limit then return {'quantity_above_limit', limit} end
 local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
 if held + qty > limit then return {'limit_reached', held, limit} end
-local available = tonumber(sale[4])
+local available = tonumber(sale[(pool == 'available') and 4 or 7])
 if available < qty then return {'sold_out', available} end
 
 local expires_ms = now_ms + tonumber(sale[6]) * 1000
-redis.call('HINCRBY', KEYS[1], 'available', -qty)
+redis.call('HINCRBY', KEYS[1], pool, -qty)
 redis.call('HINCRBY', KEYS[1], 'reserved', qty)
 redis.call('HINCRBY', KEYS[2], user, qty)
 redis.call('HSET', KEYS[5], 'user', user, 'qty', qty, 'status', 'reserved', 'v', 1,
-  'created_ms', now_ms, 'updated_ms', now_ms, 'expires_ms', expires_ms)
+  'created_ms', now_ms, 'updated_ms', now_ms, 'expires_ms', expires_ms,
+  'fcode', fcode, 'campaign', campaign)
+if fcode ~= '' then
+  redis.call('HSET', KEYS[7], fcode, table.concat({'u', campaign, order_id, bound_user}, '|'))
+end
 redis.call('ZADD', KEYS[3], expires_ms, order_id)
 redis.call('XADD', KEYS[4], '*', 'order_id', order_id, 'user', user, 'qty', qty,
   'status', 'reserved', 'v', 1, 'created_ms', now_ms, 'updated_ms', now_ms,
-  'expires_ms', expires_ms)
+  'expires_ms', expires_ms, 'fcode', fcode, 'campaign', campaign)
 if fingerprint ~= '' then
-  redis.call('SET', KEYS[6], table.concat({fingerprint, order_id, qty, now_ms, expires_ms}, '|'),
+  redis.call('SET', KEYS[6],
+    table.concat({fingerprint, order_id, qty, now_ms, expires_ms, campaign}, '|'),
     'EX', tonumber(ARGV[5]))
 end
-return {'ok', order_id, qty, now_ms, expires_ms}
+return {'ok', order_id, qty, now_ms, expires_ms, campaign}

@@ -1,34 +1,43 @@
 #!lua
--- expire: return the units of reservations whose deadline has passed, exactly once.
+-- expire: return the units of reservations whose deadline has passed, exactly once, each to
+-- the lane it came from; an F-code whose order expired becomes usable again (unless revoked).
 -- The sweeper picks candidates from the deadlines zset; this script re-checks each one
 -- against Redis's own clock, so a stale or early candidate changes nothing.
 --
--- KEYS[1]  sale hash        KEYS[4..]  order hashes of the candidates
--- KEYS[2]  holders hash
--- KEYS[3]  deadlines zset   (events stream is KEYS[#KEYS]: last, after the order hashes)
--- ARGV     candidate order ids, in the order of KEYS[4..]
+-- KEYS[1]  sale hash        KEYS[4]     F-codes hash
+-- KEYS[2]  holders hash     KEYS[5..n-1] order hashes of the candidates
+-- KEYS[3]  deadlines zset   KEYS[n]     events stream
+-- ARGV     candidate order ids, in the order of KEYS[5..n-1]
 -- Returns  number of reservations expired now
 local events = KEYS[#KEYS]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = 0
 for i, order_id in ipairs(ARGV) do
-  local key = KEYS[3 + i]
-  local o = redis.call('HMGET', key, 'user', 'qty', 'status', 'created_ms', 'expires_ms', 'v')
+  local key = KEYS[4 + i]
+  local o = redis.call('HMGET', key, 'user', 'qty', 'status', 'created_ms', 'expires_ms', 'v',
+    'fcode', 'campaign')
   if o[3] ~= 'reserved' then
     -- paid or settled already (or unknown): the deadline entry is stale
     redis.call('ZREM', KEYS[3], order_id)
   elseif tonumber(o[5]) <= now_ms then
-    local qty, v = tonumber(o[2]), tonumber(o[6]) + 1
+    local qty, v, fcode = tonumber(o[2]), tonumber(o[6]) + 1, o[7] or ''
     redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
-    redis.call('HINCRBY', KEYS[1], 'available', qty)
+    redis.call('HINCRBY', KEYS[1], (fcode ~= '') and 'fcode_available' or 'available', qty)
     redis.call('HINCRBY', KEYS[1], 'expired', qty)
     redis.call('HINCRBY', KEYS[2], o[1], -qty)
+    if fcode ~= '' then
+      local record = redis.call('HGET', KEYS[4], fcode)
+      local state, camp, oid, bound = string.match(record or '', '^(%a)|([^|]*)|([^|]*)|(.*)$')
+      if state == 'u' and oid == order_id then
+        redis.call('HSET', KEYS[4], fcode, table.concat({'a', camp, '', bound}, '|'))
+      end
+    end
     redis.call('ZREM', KEYS[3], order_id)
     redis.call('HSET', key, 'status', 'expired', 'updated_ms', now_ms, 'v', v)
     redis.call('XADD', events, '*', 'order_id', order_id, 'user', o[1], 'qty', qty,
       'status', 'expired', 'v', v, 'created_ms', o[4], 'updated_ms', now_ms,
-      'expires_ms', o[5])
+      'expires_ms', o[5], 'fcode', fcode, 'campaign', o[8] or '')
     expired = expired + 1
   end
 end

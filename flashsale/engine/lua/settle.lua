@@ -5,24 +5,26 @@
 --           late payment can never revive a unit that went (or is going) back to the sale.
 --   cancel  reserved -> cancelled; the units return to the sale at once. Past its deadline the
 --           order is expired instead (what already happened to it; the sweeper had not seen it).
--- Repeating a settled action answers like the first time. Units return exactly once: only
--- the step out of "reserved" moves counters.
+-- Repeating a settled action answers like the first time. Units return exactly once, to the
+-- lane they came from: only the step out of "reserved" moves counters. An F-code whose order
+-- is released becomes usable again (unless it was revoked meanwhile).
 --
 -- KEYS[1]  sale hash        KEYS[4]  events stream
 -- KEYS[2]  holders hash     KEYS[5]  order hash
--- KEYS[3]  deadlines zset
+-- KEYS[3]  deadlines zset   KEYS[6]  F-codes hash
 -- ARGV[1]  order id   ARGV[2]  user id of the caller   ARGV[3]  "pay" | "cancel"
--- Returns  {word, status, qty, created_ms, expires_ms, updated_ms}; word is "ok",
+-- Returns  {word, status, qty, created_ms, expires_ms, updated_ms, campaign}; word is "ok",
 --          "order_not_found", "order_expired", "order_cancelled" or "order_paid"
 local order_id, caller, action = ARGV[1], ARGV[2], ARGV[3]
 local o = redis.call('HMGET', KEYS[5], 'user', 'qty', 'status', 'created_ms', 'expires_ms',
-  'updated_ms', 'v')
+  'updated_ms', 'v', 'fcode', 'campaign')
 if not o[1] or o[1] ~= caller then return {'order_not_found'} end
 local qty, status, expires_ms = tonumber(o[2]), o[3], tonumber(o[5])
+local fcode, campaign = o[8] or '', o[9] or ''
 local target = (action == 'pay') and 'paid' or 'cancelled'
 local function answer(st, updated)
   local word = (st == target) and 'ok' or ('order_' .. st)
-  return {word, st, qty, tonumber(o[4]), expires_ms, updated}
+  return {word, st, qty, tonumber(o[4]), expires_ms, updated, campaign}
 end
 if status ~= 'reserved' then return answer(status, tonumber(o[6])) end
 
@@ -33,13 +35,20 @@ if now_ms >= expires_ms then new_status = 'expired' end
 redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
 redis.call('HINCRBY', KEYS[1], new_status, qty)
 if new_status ~= 'paid' then
-  redis.call('HINCRBY', KEYS[1], 'available', qty)
+  redis.call('HINCRBY', KEYS[1], (fcode ~= '') and 'fcode_available' or 'available', qty)
   redis.call('HINCRBY', KEYS[2], o[1], -qty)
+  if fcode ~= '' then
+    local record = redis.call('HGET', KEYS[6], fcode)
+    local state, camp, oid, bound = string.match(record or '', '^(%a)|([^|]*)|([^|]*)|(.*)$')
+    if state == 'u' and oid == order_id then
+      redis.call('HSET', KEYS[6], fcode, table.concat({'a', camp, '', bound}, '|'))
+    end
+  end
 end
 local v = tonumber(o[7]) + 1
 redis.call('ZREM', KEYS[3], order_id)
 redis.call('HSET', KEYS[5], 'status', new_status, 'updated_ms', now_ms, 'v', v)
 redis.call('XADD', KEYS[4], '*', 'order_id', order_id, 'user', o[1], 'qty', qty,
   'status', new_status, 'v', v, 'created_ms', o[4], 'updated_ms', now_ms,
-  'expires_ms', expires_ms)
+  'expires_ms', expires_ms, 'fcode', fcode, 'campaign', campaign)
 return answer(new_status, now_ms)

@@ -1,0 +1,1 @@
+"""F-codes: priority purchase codes. Format and hashing (``codes``), issuing (``issue``)."""

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp.test_utils import TestClient, TestServer
 
 from flashsale.auth import issue_token
+from flashsale.engine.scripts import LuaScript
 from flashsale.http.app import create_app
 from flashsale.http.services import SERVICES, Services
 from flashsale.settings import Settings
@@ -37,6 +38,18 @@ def sale_spec(**fields: Any) -> dict[str, Any]:
     }
     spec.update(fields)
     return spec
+
+
+class CountingScript:
+    """The real buy script, with a count of the calls that reached Redis."""
+
+    def __init__(self, script: LuaScript) -> None:
+        self.script = script
+        self.calls = 0
+
+    async def __call__(self, *args: Any) -> Any:
+        self.calls += 1
+        return await self.script(*args)
 
 
 class Service:

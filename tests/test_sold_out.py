@@ -3,22 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-from flashsale.engine.scripts import LuaScript
 from tests.conftest import ServiceFactory
-
-
-class CountingScript:
-    """The real buy script, with a count of the calls that reached Redis."""
-
-    def __init__(self, script: LuaScript) -> None:
-        self.script = script
-        self.calls = 0
-
-    async def __call__(self, *args: Any) -> Any:
-        self.calls += 1
-        return await self.script(*args)
+from tests.helpers import CountingScript
 
 
 async def test_sold_out_answers_without_redis(make_service: ServiceFactory) -> None:

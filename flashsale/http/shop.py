@@ -60,9 +60,9 @@ async def buy(request: web.Request) -> web.Response:
 def _fcode_digest(services: Services, body: dict[str, object], quantity: int) -> str:
     """The stored form of the F-code in the body, "" without one. A typo is refused here,
     without a Redis round trip."""
-    raw = body.get("fcode")
-    if raw is None:
+    if "fcode" not in body:
         return ""
+    raw = body["fcode"]
     if not isinstance(raw, str):
         raise errors.InvalidRequest("'fcode' must be a string")
     try:

@@ -12,6 +12,7 @@
     │   └── OrderNotFound                404 order_not_found
     ├── Conflict                         409 conflict
     │   ├── SaleExists                   409 sale_exists
+    │   ├── CampaignExists               409 campaign_exists
     │   ├── SoldOut                      409 sold_out
     │   ├── LimitReached                 409 limit_reached
     │   ├── SaleNotOpen                  409 sale_not_open
@@ -83,6 +84,10 @@ class Conflict(FlashsaleError):
 
 class SaleExists(Conflict):
     code, default_message = "sale_exists", "a sale with this id already exists"
+
+
+class CampaignExists(Conflict):
+    code, default_message = "campaign_exists", "this F-code campaign was issued already"
 
 
 class SoldOut(Conflict):

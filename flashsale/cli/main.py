@@ -1,4 +1,4 @@
-"""``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale."""
+"""``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale, F-codes."""
 
 from __future__ import annotations
 
@@ -97,6 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--pay-share", type=float, default=0.8,
                       help="share of winners who pay (others cancel or let it expire)")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
+
+    from flashsale.cli.fcodes import add_fcodes_parser
+
+    add_fcodes_parser(sub)
     return parser
 
 

@@ -12,6 +12,7 @@ from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
 from flashsale.http.validation import (
     integer,
+    path_sale_id,
     read_json_object,
     reject_unknown,
     text,
@@ -30,17 +31,11 @@ _SALE_FIELDS = frozenset({
 })  # fmt: skip
 
 
-def _services(request: web.Request) -> Services:
+def admin_services(request: web.Request) -> Services:
+    """The services, for an operator: anyone else is refused with 401."""
     services = request.app[SERVICES]
     services.admin.check(request.headers.get("Authorization"))
     return services
-
-
-def _sale_id(request: web.Request) -> str:
-    sale_id = request.match_info["sale_id"]
-    if not SALE_ID_RE.match(sale_id):
-        raise errors.SaleNotFound()
-    return sale_id
 
 
 def parse_sale(body: dict[str, object]) -> SaleDefinition:
@@ -83,7 +78,7 @@ def parse_sale(body: dict[str, object]) -> SaleDefinition:
 
 
 async def create_sale(request: web.Request) -> web.Response:
-    services = _services(request)
+    services = admin_services(request)
     body = await read_json_object(request, services.settings.admin_max_body_bytes)
     sale = parse_sale(body)
     # PostgreSQL holds the definition; Redis is armed from it. A create interrupted between the
@@ -100,8 +95,8 @@ async def create_sale(request: web.Request) -> web.Response:
 
 
 async def _set_state(request: web.Request, state: SaleState) -> web.Response:
-    services = _services(request)
-    sale_id = _sale_id(request)
+    services = admin_services(request)
+    sale_id = path_sale_id(request)
     await services.engine.set_state(sale_id, state)
     await sale_store.update_state(services.pool, sale_id, state)
     view = await services.engine.get_sale(sale_id)
@@ -122,8 +117,8 @@ async def close_sale(request: web.Request) -> web.Response:
 
 
 async def sale_stats(request: web.Request) -> web.Response:
-    services = _services(request)
-    sale_id = _sale_id(request)
+    services = admin_services(request)
+    sale_id = path_sale_id(request)
     view = await services.engine.get_sale(sale_id)
     in_postgres = await order_store.count_by_status(services.pool, sale_id)
     c = view.counters

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from flashsale.http import admin, health, shop
+from flashsale.http import admin, admin_fcodes, health, shop
 
 
 def setup_routes(app: web.Application) -> None:
@@ -19,3 +19,4 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/v1/admin/sales/{sale_id}/resume", admin.resume_sale)
     app.router.add_post("/v1/admin/sales/{sale_id}/close", admin.close_sale)
     app.router.add_get("/v1/admin/sales/{sale_id}/stats", admin.sale_stats)
+    app.router.add_post("/v1/admin/sales/{sale_id}/fcodes", admin_fcodes.issue_fcodes)

@@ -12,8 +12,13 @@ from flashsale.engine.engine import BuyOutcome, now_ms
 from flashsale.fcodes import codes
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
-from flashsale.http.validation import idempotency_key, integer, read_json_object, reject_unknown
-from flashsale.ids import SALE_ID_RE
+from flashsale.http.validation import (
+    idempotency_key,
+    integer,
+    path_sale_id,
+    read_json_object,
+    reject_unknown,
+)
 from flashsale.models import Order
 from flashsale.store.orders import OrderRow
 
@@ -23,23 +28,16 @@ _BUY_FIELDS = frozenset({"quantity", "fcode"})
 _MAX_QUANTITY = 1000
 
 
-def _sale_id(request: web.Request) -> str:
-    sale_id = request.match_info["sale_id"]
-    if not SALE_ID_RE.match(sale_id):
-        raise errors.SaleNotFound()
-    return sale_id
-
-
 async def get_sale(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
-    view = await services.engine.get_sale(_sale_id(request))
+    view = await services.engine.get_sale(path_sale_id(request))
     return json_response({"sale": view.public_json(now_ms())})
 
 
 async def buy(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     user_id = services.shoppers.user_id(request.headers.get("Authorization"))
-    sale_id = _sale_id(request)
+    sale_id = path_sale_id(request)
     body = await read_json_object(request, services.settings.max_body_bytes)
     reject_unknown(body, _BUY_FIELDS)
     quantity = integer(body, "quantity", default=1, minimum=1, maximum=_MAX_QUANTITY)

@@ -9,7 +9,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from flashsale.errors import BodyTooLarge, InvalidRequest, UnreadableBody
+from flashsale.errors import BodyTooLarge, InvalidRequest, SaleNotFound, UnreadableBody
+from flashsale.ids import SALE_ID_RE
 
 _EARLIEST_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _LATEST_MS = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -99,3 +100,11 @@ def idempotency_key(request: web.Request) -> str | None:
     if not _IDEMPOTENCY_KEY_RE.match(key):
         raise InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
     return key
+
+
+def path_sale_id(request: web.Request) -> str:
+    """The ``{sale_id}`` of the URL; one that cannot exist is simply not found."""
+    sale_id = request.match_info["sale_id"]
+    if not SALE_ID_RE.match(sale_id):
+        raise SaleNotFound()
+    return sale_id

@@ -1,0 +1,291 @@
+"""Issuing F-codes: a campaign's codes are made in memory, stored in PostgreSQL in one
+transaction, then loaded into Redis.
+
+PostgreSQL is the record. A campaign whose transaction committed exists even when loading it
+into Redis was interrupted: ``flashsale fcodes load`` completes it, and loading is idempotent
+(HSETNX: a code already in Redis keeps its state). A campaign name is taken once per sale, so
+running the same issue twice never makes a second set of codes.
+
+Only digests are stored; the plain codes exist in the caller's hands alone (the CSV file or the
+HTTP answer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from collections.abc import Callable, Sequence
+from itertools import repeat
+
+import asyncpg
+
+from flashsale import errors
+from flashsale.engine.engine import Engine
+from flashsale.fcodes import codes
+from flashsale.store import sales as sale_store
+
+log = logging.getLogger(__name__)
+
+CAMPAIGN_RE = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
+MAX_CODES = 10_000_000
+MAX_USER_ID_CHARS = 128  # as shoppers' tokens allow
+LOAD_BATCH = 3000  # codes per load_fcodes call
+LOAD_CONCURRENCY = 4  # calls in flight
+_GENERATE_CHUNK = 50_000
+_COPY_CHUNK = 100_000
+
+#: ``progress(phase, done, total)``, phase one of "generate", "postgres", "redis"
+Progress = Callable[[str, int, int], None]
+#: called with the (code, bound user) pairs once made, before anything is stored
+OnGenerated = Callable[[list[tuple[str, str]]], None]
+
+
+class LoadIncomplete(errors.Unavailable):
+    """The campaign is stored in PostgreSQL but not (wholly) loaded into Redis."""
+
+
+def load_command(sale_id: str, campaign: str) -> str:
+    return f"flashsale fcodes load {sale_id} --campaign {campaign}"
+
+
+def check_campaign(campaign: str) -> None:
+    if not CAMPAIGN_RE.match(campaign):
+        raise errors.InvalidRequest(
+            "a campaign name is 1 to 64 lower-case letters, digits, '_' and '-', "
+            "starting with a letter or digit"
+        )
+
+
+def check_users(users: Sequence[str]) -> None:
+    seen: set[str] = set()
+    for user in users:
+        if not 0 < len(user) <= MAX_USER_ID_CHARS or not user.isprintable():
+            raise errors.InvalidRequest(
+                f"a user id is 1 to {MAX_USER_ID_CHARS} printable characters: {user[:80]!r}"
+            )
+        if user in seen:
+            raise errors.InvalidRequest(f"user {user!r} is listed twice: one code per user")
+        seen.add(user)
+
+
+async def check_sale(pool: asyncpg.Pool, engine: Engine, sale_id: str) -> None:
+    """The sale exists in PostgreSQL and is armed in Redis."""
+    if await sale_store.fetch_sale(pool, sale_id) is None:
+        raise errors.SaleNotFound(f"no sale {sale_id!r} in PostgreSQL")
+    try:
+        await engine.get_sale(sale_id)
+    except errors.SaleNotFound:
+        raise errors.SaleNotFound(
+            f"sale {sale_id!r} is in PostgreSQL but not armed in Redis (key prefix "
+            f"{engine.keys.prefix!r}): arm it before issuing codes"
+        ) from None
+
+
+async def issue_campaign(
+    pool: asyncpg.Pool,
+    engine: Engine,
+    key: bytes,
+    sale_id: str,
+    campaign: str,
+    *,
+    count: int | None = None,
+    bind_users: list[str] | None = None,
+    progress: Progress | None = None,
+    on_generated: OnGenerated | None = None,
+) -> list[tuple[str, str]]:
+    """Issue a campaign of ``count`` bearer codes, or one code bound to each of ``bind_users``.
+
+    Returns (formatted code, bound user or "") pairs. Raises :class:`errors.CampaignExists` when
+    the campaign was issued for this sale before (nothing changes then), and
+    :class:`LoadIncomplete` when the codes are stored but not all in Redis yet."""
+    check_campaign(campaign)
+    if bind_users is not None:
+        check_users(bind_users)
+        if count is not None and count != len(bind_users):
+            raise errors.InvalidRequest(
+                f"count ({count}) must equal the number of users to bind ({len(bind_users)})"
+            )
+        count = len(bind_users)
+    if count is None or not 1 <= count <= MAX_CODES:
+        raise errors.InvalidRequest(f"count must be between 1 and {MAX_CODES}")
+    await check_sale(pool, engine, sale_id)
+    await _refuse_existing(pool, sale_id, campaign)
+
+    started = time.perf_counter()
+    made, digests = _generate(key, count, progress)
+    users = bind_users if bind_users is not None else [""] * count
+    pairs = list(zip(made, users, strict=True))
+    log.info("campaign %s: generate %d codes: %.2f s", campaign, count, _since(started))
+    if on_generated is not None:
+        on_generated(pairs)
+
+    started = time.perf_counter()
+    await _store(pool, sale_id, campaign, digests, bind_users, progress)
+    log.info("campaign %s: postgres (one transaction): %.2f s", campaign, _since(started))
+
+    started = time.perf_counter()
+    try:
+        added = await load_available(engine, sale_id, campaign, digests, users, progress)
+        await _mark_loaded(pool, sale_id, campaign)
+    except Exception as exc:
+        raise LoadIncomplete(
+            f"campaign {campaign!r} is stored in PostgreSQL but loading it into Redis failed "
+            f"({exc!r}); run `{load_command(sale_id, campaign)}`"
+        ) from exc
+    log.info("campaign %s: redis (%d added): %.2f s", campaign, added, _since(started))
+    return pairs
+
+
+async def load_campaign_from_postgres(
+    pool: asyncpg.Pool,
+    engine: Engine,
+    sale_id: str,
+    campaign: str,
+    progress: Progress | None = None,
+) -> int:
+    """(Re)load a campaign's codes from PostgreSQL into Redis; the number added now.
+
+    A code already in Redis keeps its state. A missing one is added in its PostgreSQL state:
+    issued -> usable, redeemed -> used (by its order), revoked -> revoked. PostgreSQL learns of
+    redemptions from the order writer, so it may lag Redis by a moment: fields that survived in
+    Redis are therefore never overwritten."""
+    row = await pool.fetchrow(
+        "SELECT issued FROM fcode_campaigns WHERE sale_id = $1 AND campaign = $2",
+        sale_id, campaign,
+    )  # fmt: skip
+    if row is None:
+        raise errors.NotFound(f"no F-code campaign {campaign!r} for sale {sale_id!r}")
+    await check_sale(pool, engine, sale_id)
+    rows = await pool.fetch(
+        "SELECT digest, coalesce(bound_user, '') AS u, state, coalesce(order_id, '') AS o "
+        "FROM fcodes WHERE sale_id = $1 AND campaign = $2",
+        sale_id, campaign,
+    )  # fmt: skip
+    usable = [r for r in rows if r["state"] == "issued"]
+    added = await load_available(
+        engine, sale_id, campaign, [r["digest"] for r in usable], [r["u"] for r in usable],
+        progress,
+    )  # fmt: skip
+    others = [r for r in rows if r["state"] != "issued"]
+    fcodes_key = engine.keys.sale(sale_id).fcodes
+    for start in range(0, len(others), LOAD_BATCH):
+        pipe = engine.redis.pipeline(transaction=False)
+        for r in others[start : start + LOAD_BATCH]:
+            state = "r" if r["state"] == "revoked" else "u"
+            _ = pipe.hsetnx(fcodes_key, r["digest"], f"{state}|{campaign}|{r['o']}|{r['u']}")
+        added += sum(int(x) for x in await pipe.execute())
+    await _mark_loaded(pool, sale_id, campaign)
+    log.info("campaign %s: %d of %d codes added to Redis", campaign, added, len(rows))
+    return added
+
+
+async def load_available(
+    engine: Engine,
+    sale_id: str,
+    campaign: str,
+    digests: Sequence[str],
+    users: Sequence[str],
+    progress: Progress | None = None,
+) -> int:
+    """Add usable codes with ``load_fcodes``: batches of :data:`LOAD_BATCH`, a few in flight."""
+    total = len(digests)
+    keys = [engine.keys.sale(sale_id).fcodes]
+    starts = iter(range(0, total, LOAD_BATCH))
+    added = done = 0
+
+    async def worker() -> None:
+        nonlocal added, done
+        for start in starts:  # one iterator shared by the workers: each batch taken once
+            end = start + LOAD_BATCH
+            args: list[str | int | float] = [
+                x
+                for d, u in zip(digests[start:end], users[start:end], strict=True)
+                for x in (d, campaign, u)
+            ]
+            added += int(await engine.scripts.load_fcodes(engine.redis, keys, args))
+            done += len(args) // 3
+            if progress is not None:
+                progress("redis", done, total)
+
+    async with asyncio.TaskGroup() as group:
+        for _ in range(LOAD_CONCURRENCY):
+            group.create_task(worker())
+    return added
+
+
+def _generate(key: bytes, count: int, progress: Progress | None) -> tuple[list[str], list[str]]:
+    new_code, digest = codes.new_code, codes.digest
+    made: list[str] = []
+    digests: list[str] = []
+    for start in range(0, count, _GENERATE_CHUNK):
+        chunk = [new_code() for _ in range(min(_GENERATE_CHUNK, count - start))]
+        made += chunk
+        # a formatted code is its normalized form with hyphens between the groups
+        digests += [digest(key, c.replace("-", "")) for c in chunk]
+        if progress is not None:
+            progress("generate", len(made), count)
+    return made, digests
+
+
+async def _refuse_existing(pool: asyncpg.Pool, sale_id: str, campaign: str) -> None:
+    row = await pool.fetchrow(
+        "SELECT issued, created_at, loaded_at FROM fcode_campaigns "
+        "WHERE sale_id = $1 AND campaign = $2",
+        sale_id, campaign,
+    )  # fmt: skip
+    if row is None:
+        return
+    if row["loaded_at"] is None:
+        raise errors.CampaignExists(
+            f"campaign {campaign!r} of sale {sale_id!r} was issued ({row['issued']} codes, "
+            f"{row['created_at']:%Y-%m-%d %H:%M:%S %Z}) but never completely loaded into Redis: "
+            f"run `{load_command(sale_id, campaign)}`; its codes are in the CSV of that run"
+        )
+    raise errors.CampaignExists(
+        f"campaign {campaign!r} of sale {sale_id!r} was issued already ({row['issued']} codes, "
+        f"{row['created_at']:%Y-%m-%d %H:%M:%S %Z}); choose another campaign name"
+    )
+
+
+async def _store(
+    pool: asyncpg.Pool,
+    sale_id: str,
+    campaign: str,
+    digests: list[str],
+    bind_users: list[str] | None,
+    progress: Progress | None,
+) -> None:
+    total = len(digests)
+    async with pool.acquire() as conn, conn.transaction():
+        try:
+            await conn.execute(
+                "INSERT INTO fcode_campaigns (sale_id, campaign, issued) VALUES ($1, $2, $3)",
+                sale_id, campaign, total,
+            )  # fmt: skip
+        except asyncpg.UniqueViolationError:  # issued meanwhile by someone else
+            raise errors.CampaignExists(
+                f"campaign {campaign!r} of sale {sale_id!r} was issued already"
+            ) from None
+        for start in range(0, total, _COPY_CHUNK):
+            end = start + _COPY_CHUNK
+            bound = bind_users[start:end] if bind_users is not None else repeat(None)
+            await conn.copy_records_to_table(
+                "fcodes",
+                records=zip(digests[start:end], repeat(sale_id), repeat(campaign), bound),
+                columns=["digest", "sale_id", "campaign", "bound_user"],
+            )
+            if progress is not None:
+                progress("postgres", min(end, total), total)
+
+
+async def _mark_loaded(pool: asyncpg.Pool, sale_id: str, campaign: str) -> None:
+    await pool.execute(
+        "UPDATE fcode_campaigns SET loaded_at = now() WHERE sale_id = $1 AND campaign = $2",
+        sale_id, campaign,
+    )  # fmt: skip
+
+
+def _since(started: float) -> float:
+    return time.perf_counter() - started

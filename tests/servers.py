@@ -143,6 +143,20 @@ def _stop_all() -> None:
 # -- Redis ----------------------------------------------------------------------------------
 
 
+def _start_on_a_free_port(server: PrivateRedis | PrivatePostgres, name: str) -> None:
+    """Start ``server`` on a free port; a port can be taken before the server binds it, so a
+    few tries."""
+    for _ in range(5):
+        server.port = free_port()
+        try:
+            server.start()
+            return
+        except ServerError:
+            if "Address already in use" not in _tail(server.log):
+                raise
+    raise ServerError(f"{name} found no free port")
+
+
 class PrivateRedis:
     """``redis-server`` on a free port with an AOF fsynced at every write, no RDB snapshots.
 
@@ -166,16 +180,7 @@ class PrivateRedis:
         server = cls(_server_dir("redis"), binary)
         _live[id(server)] = server
         try:
-            for _ in range(5):  # a free port can be taken before the server binds it
-                server.port = free_port()
-                try:
-                    server.start()
-                    break
-                except ServerError:
-                    if "Address already in use" not in _tail(server.log):
-                        raise
-            else:
-                raise ServerError("redis-server found no free port")
+            _start_on_a_free_port(server, "redis-server")
         except BaseException:
             server.cleanup()
             raise
@@ -321,16 +326,7 @@ class PrivatePostgres:
                 except LookupError:
                     missing("the 'postgres' OS user (initdb refuses to run as root)")
             server._initdb()
-            for _ in range(5):
-                server.port = free_port()
-                try:
-                    server.start()
-                    break
-                except ServerError:
-                    if "Address already in use" not in _tail(server.log):
-                        raise
-            else:
-                raise ServerError("postgres found no free port")
+            _start_on_a_free_port(server, "postgres")
         except BaseException:
             server.cleanup()
             raise

@@ -7,9 +7,12 @@
     │   ├── UnreadableBody               400 invalid_request (and the connection is closed)
     │   └── FcodeMalformed               400 fcode_malformed
     ├── Unauthorized                     401 unauthorized
+    ├── Forbidden                        403 forbidden
+    │   └── BookingRequired              403 booking_required
     ├── NotFound                         404 not_found
     │   ├── SaleNotFound                 404 sale_not_found
-    │   └── OrderNotFound                404 order_not_found
+    │   ├── OrderNotFound                404 order_not_found
+    │   └── BookingNotFound              404 booking_not_found
     ├── Conflict                         409 conflict
     │   ├── SaleExists                   409 sale_exists
     │   ├── CampaignExists               409 campaign_exists
@@ -21,7 +24,12 @@
     │   ├── OrderPaid                    409 order_paid
     │   ├── FcodeInvalid                 409 fcode_invalid
     │   ├── FcodeUsed                    409 fcode_used
-    │   └── FcodeRevoked                 409 fcode_revoked
+    │   ├── FcodeRevoked                 409 fcode_revoked
+    │   ├── BookingNotOffered            409 booking_not_offered
+    │   ├── BookingNotOpen               409 booking_not_open
+    │   ├── BookingClosed                409 booking_closed
+    │   ├── BookingFull                  409 booking_full
+    │   └── AdmissionPassed              409 admission_passed
     ├── SaleEnded                        410 sale_ended
     ├── BodyTooLarge                     413 body_too_large
     ├── IdempotencyKeyReused             422 idempotency_key_reused
@@ -66,6 +74,17 @@ class Unauthorized(FlashsaleError):
     status, code, default_message = 401, "unauthorized", "a valid bearer token is required"
 
 
+class Forbidden(FlashsaleError):
+    status, code, default_message = 403, "forbidden", "you may not do this"
+
+
+class BookingRequired(Forbidden):
+    code, default_message = (
+        "booking_required",
+        "only shoppers who booked may buy in this sale",
+    )
+
+
 class NotFound(FlashsaleError):
     status, code, default_message = 404, "not_found", "no such resource"
 
@@ -76,6 +95,10 @@ class SaleNotFound(NotFound):
 
 class OrderNotFound(NotFound):
     code, default_message = "order_not_found", "no such order"
+
+
+class BookingNotFound(NotFound):
+    code, default_message = "booking_not_found", "you have no booking for this sale"
 
 
 class Conflict(FlashsaleError):
@@ -127,6 +150,29 @@ class FcodeUsed(Conflict):
 
 class FcodeRevoked(Conflict):
     code, default_message = "fcode_revoked", "this F-code has been revoked"
+
+
+class BookingNotOffered(Conflict):
+    code, default_message = "booking_not_offered", "this sale takes no bookings"
+
+
+class BookingNotOpen(Conflict):
+    code, default_message = "booking_not_open", "booking has not opened yet"
+
+
+class BookingClosed(Conflict):
+    code, default_message = "booking_closed", "booking is closed"
+
+
+class BookingFull(Conflict):
+    code, default_message = "booking_full", "every booking place has been taken"
+
+
+class AdmissionPassed(Conflict):
+    code, default_message = (
+        "admission_passed",
+        "your admission window has closed; your place passed to the next in line",
+    )
 
 
 class SaleEnded(FlashsaleError):

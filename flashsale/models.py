@@ -7,6 +7,8 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
+from flashsale.booking import lottery
+
 
 class SaleState(StrEnum):
     """What an operator set. The status a shopper sees also depends on the clock and stock."""
@@ -22,6 +24,30 @@ class SaleStatus(StrEnum):
     PAUSED = "paused"
     SOLD_OUT = "sold_out"
     ENDED = "ended"
+
+
+class Admission(StrEnum):
+    """Who of the booked shoppers may buy, and when.
+
+    ``arrival``: every booked shopper once the sale opens, first come first served.
+    ``booking_order``: in booking-number order, a window each; units not bought pass on.
+    ``lottery``: as ``booking_order``, in the order of a seeded draw made at the start.
+    """
+
+    ARRIVAL = "arrival"
+    BOOKING_ORDER = "booking_order"
+    LOTTERY = "lottery"
+
+    @property
+    def queued(self) -> bool:
+        return self is not Admission.ARRIVAL
+
+
+class BookingState(StrEnum):
+    WAITING = "waiting"  # not yet admitted
+    ADMITTED = "admitted"  # may buy now, until the window closes
+    PURCHASED = "purchased"  # holds units bought through the queue
+    PASSED = "passed"  # window closed (or units released) without a purchase; or the sale ended
 
 
 class OrderStatus(StrEnum):
@@ -45,6 +71,21 @@ def iso(ms: int) -> str:
 
 
 @dataclass(frozen=True, slots=True)
+class BookingPolicy:
+    """Booking (pre-registration) for a sale, and how booked shoppers are admitted to buy."""
+
+    opens_ms: int
+    closes_ms: int
+    admission: Admission = Admission.ARRIVAL
+    required: bool = False  # only booked shoppers may buy; otherwise the unbooked come last
+    capacity: int | None = None  # most bookings taken; None: no limit
+    admission_ratio: float = 1.0  # shoppers admitted at the start per public unit
+    admission_window_s: int = 120  # how long an admitted shopper may take to buy
+    # lottery only: the draw's seed, revealed at the start (its SHA-256 is public before)
+    lottery_seed: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class SaleDefinition:
     """What an operator creates. Times are epoch milliseconds."""
 
@@ -60,6 +101,11 @@ class SaleDefinition:
     # units of ``stock`` set aside for F-code holders, who may buy from ``fcode_opens_ms`` on
     fcode_stock: int = 0
     fcode_opens_ms: int | None = None  # None: with the public, at ``starts_ms``
+    booking: BookingPolicy | None = None  # None: no booking, anyone may buy
+
+    @property
+    def public_stock(self) -> int:
+        return self.stock - self.fcode_stock
 
     @property
     def fcode_opens_at_ms(self) -> int:
@@ -79,6 +125,8 @@ class SaleCounters:
     cancelled: int
     fcode_available: int = 0
     fcode_failures: int = 0
+    bookings: int = 0  # booking numbers given (the last one)
+    admitted: int = 0  # queue ranks admitted so far (queued admissions only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +163,36 @@ class SaleView:
             "fcode_stock": d.fcode_stock,
             "fcode_available": self.counters.fcode_available,
             "fcode_opens_at": iso(d.fcode_opens_at_ms),
+            **self._booking_json(now_ms),
         }
+
+    def _booking_json(self, now_ms: int) -> dict[str, Any]:
+        policy = self.definition.booking
+        if policy is None:
+            return {}
+        fields: dict[str, Any] = {
+            "booking_opens_at": iso(policy.opens_ms),
+            "booking_closes_at": iso(policy.closes_ms),
+            "booking_required": policy.required,
+            "booking_capacity": policy.capacity,
+            "bookings": self.counters.bookings,
+            "admission": policy.admission.value,
+        }
+        if policy.admission.queued:
+            fields |= {
+                "admission_ratio": policy.admission_ratio,
+                "admission_window_s": policy.admission_window_s,
+                "admitted": self.counters.admitted if now_ms >= self.definition.starts_ms else 0,
+            }
+        if policy.admission is Admission.LOTTERY and policy.lottery_seed is not None:
+            drawn = now_ms >= self.definition.starts_ms
+            fields |= {
+                "lottery_method": lottery.METHOD,
+                "lottery_seed_sha256": lottery.commitment(policy.lottery_seed),
+                # secret until the draw, so that nobody can work out the order in advance
+                "lottery_seed": policy.lottery_seed if drawn else None,
+            }
+        return fields
 
     def admin_json(self, now_ms: int) -> dict[str, Any]:
         return {

@@ -11,7 +11,8 @@ from typing import cast
 from redis.asyncio import Redis
 
 from flashsale import errors
-from flashsale.engine.keys import Keyspace, SaleKeys
+from flashsale.engine.booking_fields import booking_fields, booking_policy
+from flashsale.engine.keys import Keyspace, SaleKeys, booking_slot
 from flashsale.engine.scripts import Scripts
 from flashsale.engine.sold_out import SoldOutGate
 from flashsale.ids import new_order_id, sale_of_order
@@ -27,7 +28,9 @@ from flashsale.models import (
 _SALE_FIELDS = (
     "sku", "name", "price_cents", "stock", "per_user_limit", "starts_ms", "ends_ms", "ttl_s",
     "state", "available", "reserved", "paid", "expired", "cancelled", "fcode_stock",
-    "fcode_opens_ms", "fcode_available", "fcode_failures",
+    "fcode_opens_ms", "fcode_available", "fcode_failures", "admission", "bk_opens_ms",
+    "bk_closes_ms", "bk_required", "bk_capacity", "adm_ratio", "adm_window_s", "lottery_seed",
+    "bookings", "adm_slots",
 )  # fmt: skip
 
 _SETTLE_ERRORS: dict[str, type[errors.FlashsaleError]] = {
@@ -45,6 +48,8 @@ _BUY_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "fcode_invalid": errors.FcodeInvalid,
     "fcode_used": errors.FcodeUsed,
     "fcode_revoked": errors.FcodeRevoked,
+    "booking_required": errors.BookingRequired,
+    "admission_passed": errors.AdmissionPassed,
 }
 
 
@@ -61,6 +66,17 @@ class FcodeLimits:
 class BuyOutcome:
     order: Order
     replayed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A buy by a shopper not yet admitted: nothing was reserved; this is their place."""
+
+    ahead: int  # shoppers before them still waiting
+    booking_no: int | None  # None: not booked (booking is optional), behind every booked one
+    admission_rate: float  # ranks admitted per second, over the last minute
+    next_window_close_ms: int  # 0: no admission window is open
+    now_ms: int
 
 
 def request_fingerprint(quantity: int, fcode_digest: str) -> str:
@@ -108,9 +124,16 @@ class Engine:
             "fcode_opens_ms": sale.fcode_opens_at_ms,
             "available": sale.stock - sale.fcode_stock,
             "fcode_available": sale.fcode_stock,
+            **booking_fields(sale),
         }
-        args: list[str | int | float] = [x for pair in fields.items() for x in pair]
-        armed = await self.scripts.arm_sale(self.redis, [self.keys.sale(sale.sale_id).sale], args)
+        queued = sale.booking is not None and sale.booking.admission.queued
+        opening_wave = f"1:{sale.starts_ms}" if queued else ""
+        args: list[str | int | float] = [
+            opening_wave,
+            *(x for pair in fields.items() for x in pair),
+        ]
+        k = self.keys.sale(sale.sale_id)
+        armed = await self.scripts.arm_sale(self.redis, [k.sale, k.waves], args)
         return bool(armed)
 
     async def sale_ids(self) -> list[str]:
@@ -134,6 +157,7 @@ class Engine:
             reservation_ttl_s=int(f["ttl_s"]),
             fcode_stock=int(f["fcode_stock"] or 0),
             fcode_opens_ms=int(f["fcode_opens_ms"] or f["starts_ms"]),
+            booking=booking_policy(f),
         )
         counters = SaleCounters(
             available=int(f["available"]),
@@ -143,6 +167,8 @@ class Engine:
             cancelled=int(f["cancelled"]),
             fcode_available=int(f["fcode_available"] or 0),
             fcode_failures=int(f["fcode_failures"] or 0),
+            bookings=int(f["bookings"] or 0),
+            admitted=min(int(f["adm_slots"] or 0), int(f["bookings"] or 0)),
         )
         return SaleView(definition=definition, state=SaleState(f["state"]), counters=counters)
 
@@ -168,11 +194,12 @@ class Engine:
         *,
         fcode_digest: str = "",
         client_address: str = "",
-    ) -> BuyOutcome:
+    ) -> BuyOutcome | Queued:
         """Reserve ``quantity`` units for ``user_id``, or raise the error saying why not.
 
         With ``fcode_digest`` the buy is in the F-code lane: the code is checked and consumed
-        and the unit comes from the F-code stock."""
+        and the unit comes from the F-code stock. In a sale with a booking queue, a shopper not
+        yet admitted gets their place (:class:`Queued`) and nothing is reserved."""
         public = not fcode_digest
         # An F-code buyer must still hear about a wrong code, not "sold out" of the public lane.
         if public and self.sold_out.is_sold_out(sale_id):
@@ -185,18 +212,26 @@ class Engine:
             fingerprint = request_fingerprint(quantity, fcode_digest)
             idem_key = k.idempotency(user_id, idempotency_key)
         limits = self._fcode_limits
+        bucket, booking_field = booking_slot(user_id)
         result = await self.scripts.buy(
             self.redis,
             [
                 k.sale, k.holders, k.deadlines, k.events, k.order(order_id), idem_key, k.fcodes,
                 k.fcode_failures_of_user(user_id), k.fcode_failures_of_address(client_address),
+                k.booking_bucket(bucket), k.waves, k.queue_holders, k.queue_bits,
             ],
             [
                 user_id, quantity, order_id, fingerprint, self._idempotency_ttl_s, fcode_digest,
-                limits.per_user, limits.per_address, limits.window_s,
+                limits.per_user, limits.per_address, limits.window_s, booking_field,
             ],
         )  # fmt: skip
         word = result[0]
+        if word == "queued":
+            _, ahead, booking_no, rate, next_ms, now = result
+            return Queued(
+                ahead=int(ahead), booking_no=int(booking_no) if booking_no else None,
+                admission_rate=float(rate), next_window_close_ms=int(next_ms), now_ms=int(now),
+            )  # fmt: skip
         if word in ("ok", "replay"):
             _, oid, qty, created_ms, expires_ms, campaign = result
             order = Order(
@@ -240,7 +275,16 @@ class Engine:
         k = self.keys.sale(sale_id)
         result = await self.scripts.settle(
             self.redis,
-            [k.sale, k.holders, k.deadlines, k.events, k.order(order_id), k.fcodes],
+            [
+                k.sale,
+                k.holders,
+                k.deadlines,
+                k.events,
+                k.order(order_id),
+                k.fcodes,
+                k.queue_holders,
+                k.queue_bits,
+            ],
             [order_id, user_id, action],
         )
         word = result[0]
@@ -299,7 +343,16 @@ class Engine:
             return 0, 0
         expired = await self.scripts.expire(
             self.redis,
-            [k.sale, k.holders, k.deadlines, k.fcodes, *(k.order(o) for o in due), k.events],
+            [
+                k.sale,
+                k.holders,
+                k.deadlines,
+                k.fcodes,
+                k.queue_holders,
+                k.queue_bits,
+                *(k.order(o) for o in due),
+                k.events,
+            ],
             [*due],
         )
         if expired:

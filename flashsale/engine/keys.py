@@ -23,14 +23,36 @@ key                                          type    contents and lifetime
 ``<p>:{<sale>}:fcfail:u:<n>:<user>``         string  failed F-codes of a user in the window;
                                                      ``fcode_failure_window_s``
 ``<p>:{<sale>}:fcfail:a:<address>``          string  the same per client address
+``<p>:{<sale>}:bk:<bucket>``                 hash    bookings: user digest (10 bytes) -> booking
+                                                     number; 2**17 buckets so each stays a small
+                                                     listpack (about 20 bytes a booking); kept
+``<p>:{<sale>}:waves``                       zset    admission waves: first queue rank -> member
+                                                     "<first rank>:<admitted at ms>"; kept
+``<p>:{<sale>}:qheld``                       hash    user id -> units held that were bought
+                                                     through the booking queue; kept
+``<p>:{<sale>}:qbits``                       string  bitmap by queue rank: 1 while that shopper
+                                                     holds units bought through the queue; kept
 ==========================================  ======  ============================================
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 WRITER_GROUP = "writers"
+
+# Bookings are spread over this many small hashes. Redis keeps a hash of up to 128 short
+# fields as a compact listpack; at 7.5 million bookings a bucket holds about 57 on average,
+# and stays compact up to about 12 million.
+BOOKING_BUCKETS = 1 << 17
+
+
+def booking_slot(user_id: str) -> tuple[int, bytes]:
+    """Where a user's booking lives: (bucket, field). The field is 80 bits of a hash of the
+    user id, and the bucket 17 other bits: two users collide only with odds near 2**-97."""
+    digest = hashlib.blake2b(user_id.encode(), digest_size=14, person=b"flashsale-bk").digest()
+    return int.from_bytes(digest[10:], "big") % BOOKING_BUCKETS, digest[:10]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +65,9 @@ class SaleKeys:
     deadlines: str
     events: str
     fcodes: str
+    waves: str
+    queue_holders: str
+    queue_bits: str
     _base: str
 
     def order(self, order_id: str) -> str:
@@ -57,6 +82,9 @@ class SaleKeys:
 
     def fcode_failures_of_address(self, address: str) -> str:
         return f"{self._base}:fcfail:a:{address}"
+
+    def booking_bucket(self, bucket: int) -> str:
+        return f"{self._base}:bk:{bucket}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,5 +106,8 @@ class Keyspace:
             deadlines=f"{base}:deadlines",
             events=f"{base}:events",
             fcodes=f"{base}:fcodes",
+            waves=f"{base}:waves",
+            queue_holders=f"{base}:qheld",
+            queue_bits=f"{base}:qbits",
             _base=base,
         )

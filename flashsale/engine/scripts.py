@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
@@ -25,7 +26,9 @@ class LuaScript:
         body = resources.files("flashsale.engine").joinpath(f"lua/{name}.lua").read_text("utf-8")
         return cls(name=name, body=body, sha=hashlib.sha1(body.encode()).hexdigest())
 
-    async def __call__(self, redis: Redis, keys: list[str], args: list[str | int | float]) -> Any:
+    async def __call__(
+        self, redis: Redis, keys: Sequence[str], args: Sequence[str | bytes | int | float]
+    ) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
@@ -44,3 +47,6 @@ class Scripts:
         self.expire = LuaScript.load("expire")
         self.load_fcodes = LuaScript.load("load_fcodes")
         self.revoke_fcodes = LuaScript.load("revoke_fcodes")
+        self.book = LuaScript.load("book")
+        self.book_many = LuaScript.load("book_many")
+        self.admit = LuaScript.load("admit")

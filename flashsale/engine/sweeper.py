@@ -1,4 +1,5 @@
-"""The expiry sweeper: returns the units of unpaid reservations once their deadline passes.
+"""The sweeper: returns the units of unpaid reservations once their deadline passes, and moves
+booking queues on (closes ended admission windows, admits the next in line).
 
 It walks each sale's deadlines zset (not keyspace notifications, which Redis drops when no
 one listens), so reservations that fell due while Redis or the sweeper was away are returned
@@ -13,6 +14,7 @@ import logging
 
 from redis.exceptions import RedisError
 
+from flashsale.engine.bookings import Bookings
 from flashsale.engine.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -21,6 +23,7 @@ log = logging.getLogger(__name__)
 class Sweeper:
     def __init__(self, engine: Engine, *, interval_s: float = 0.25, batch_size: int = 500) -> None:
         self.engine = engine
+        self.bookings = Bookings(engine)
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.expired = 0
@@ -36,7 +39,8 @@ class Sweeper:
             await asyncio.sleep(self.interval_s)
 
     async def sweep_once(self) -> int:
-        """Expire every reservation due now, in every sale. Returns how many were expired."""
+        """Expire every reservation due now and move every booking queue on, in every sale.
+        Returns how many reservations were expired."""
         seconds, micros = await self.engine.redis.time()
         now_ms = seconds * 1000 + micros // 1000
         total = 0
@@ -46,6 +50,8 @@ class Sweeper:
                 total += expired
                 if seen < self.batch_size:
                     break
+            # after expiry, so that places freed by expired reservations are handed on now
+            await self.bookings.admit(sale_id)
         if total:
             log.info("sweeper: %d reservation(s) expired", total)
         self.expired += total

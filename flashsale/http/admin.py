@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from aiohttp import web
 
 from flashsale import errors
+from flashsale.booking import lottery
 from flashsale.engine.engine import now_ms
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
 from flashsale.http.validation import (
+    boolean,
     integer,
+    number,
     path_sale_id,
     read_json_object,
     reject_unknown,
@@ -19,15 +23,21 @@ from flashsale.http.validation import (
     timestamp_ms,
 )
 from flashsale.ids import SALE_ID_RE, new_sale_id
-from flashsale.models import SaleDefinition, SaleState
+from flashsale.models import Admission, BookingPolicy, SaleDefinition, SaleState
 from flashsale.store import orders as order_store
 from flashsale.store import sales as sale_store
 
 log = logging.getLogger(__name__)
 
+_BOOKING_FIELDS = frozenset({
+    "booking_opens_at", "booking_closes_at", "booking_required", "booking_capacity", "admission",
+    "admission_ratio", "admission_window_s", "lottery_seed",
+})  # fmt: skip
+_QUEUE_FIELDS = frozenset({"admission_ratio", "admission_window_s"})
+
 _SALE_FIELDS = frozenset({
     "sale_id", "sku", "name", "price_cents", "stock", "per_user_limit", "starts_at", "ends_at",
-    "reservation_ttl_s", "fcode_stock", "fcode_opens_at",
+    "reservation_ttl_s", "fcode_stock", "fcode_opens_at", *_BOOKING_FIELDS,
 })  # fmt: skip
 
 
@@ -74,18 +84,83 @@ def parse_sale(body: dict[str, object]) -> SaleDefinition:
         ),
         fcode_stock=fcode_stock,
         fcode_opens_ms=fcode_opens_ms,
+        booking=_parse_booking(body, starts_ms, ends_ms),
     )
+
+
+def _parse_booking(body: dict[str, object], starts_ms: int, ends_ms: int) -> BookingPolicy | None:
+    given = _BOOKING_FIELDS & body.keys()
+    if not given:
+        return None
+    opens_ms = timestamp_ms(body, "booking_opens_at")
+    closes_ms = timestamp_ms(body, "booking_closes_at")
+    if closes_ms <= opens_ms:
+        raise errors.InvalidRequest("'booking_closes_at' must be after 'booking_opens_at'")
+    if closes_ms > ends_ms:
+        raise errors.InvalidRequest("'booking_closes_at' may not be after 'ends_at'")
+    raw_admission = body.get("admission", Admission.ARRIVAL.value)
+    try:
+        admission = Admission(str(raw_admission)) if isinstance(raw_admission, str) else None
+    except ValueError:
+        admission = None
+    if admission is None:
+        choices = ", ".join(a.value for a in Admission)
+        raise errors.InvalidRequest(f"'admission' must be one of: {choices}")
+    if admission.queued and closes_ms > starts_ms:
+        raise errors.InvalidRequest(
+            f"with admission '{admission.value}' the queue is fixed when the sale opens: "
+            "'booking_closes_at' may not be after 'starts_at'"
+        )
+    if not admission.queued and given & _QUEUE_FIELDS:
+        raise errors.InvalidRequest(
+            "'admission_ratio' and 'admission_window_s' apply only to admission "
+            "'booking_order' or 'lottery'"
+        )
+    if admission is not Admission.LOTTERY and "lottery_seed" in given:
+        raise errors.InvalidRequest("'lottery_seed' applies only to admission 'lottery'")
+    capacity = body.get("booking_capacity")
+    return BookingPolicy(
+        opens_ms=opens_ms,
+        closes_ms=closes_ms,
+        admission=admission,
+        required=boolean(body, "booking_required", default=False),
+        capacity=None
+        if capacity is None
+        else integer(body, "booking_capacity", minimum=1, maximum=1_000_000_000),
+        admission_ratio=number(body, "admission_ratio", default=1.0, minimum=0.01, maximum=1000.0),
+        admission_window_s=integer(
+            body, "admission_window_s", default=120, minimum=1, maximum=86_400
+        ),
+        lottery_seed=(text(body, "lottery_seed", max_len=128) if "lottery_seed" in body else None),
+    )
+
+
+def with_lottery_seed(sale: SaleDefinition, stored: SaleDefinition | None) -> SaleDefinition:
+    """A lottery sale created without a seed gets a fresh random one, or, when the create is
+    being repeated, the one it got the first time."""
+    policy = sale.booking
+    if policy is None or policy.admission is not Admission.LOTTERY or policy.lottery_seed:
+        return sale
+    if stored is not None and stored.booking is not None and stored.booking.lottery_seed:
+        seed = stored.booking.lottery_seed
+    else:
+        seed = lottery.new_seed()
+    return replace(sale, booking=replace(policy, lottery_seed=seed))
 
 
 async def create_sale(request: web.Request) -> web.Response:
     services = admin_services(request)
     body = await read_json_object(request, services.settings.admin_max_body_bytes)
-    sale = parse_sale(body)
+    requested = parse_sale(body)
+    sale = with_lottery_seed(requested, None)
     # PostgreSQL holds the definition; Redis is armed from it. A create interrupted between the
     # two is completed by repeating it: same definition, not yet armed -> armed now.
     if not await sale_store.insert_sale(services.pool, sale):
         stored = await sale_store.fetch_sale(services.pool, sale.sale_id)
-        if stored is None or stored[0] != sale:
+        if stored is None:
+            raise errors.SaleExists()
+        sale = with_lottery_seed(requested, stored[0])
+        if stored[0] != sale:
             raise errors.SaleExists()
     if not await services.engine.arm_sale(sale):
         raise errors.SaleExists()

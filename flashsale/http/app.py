@@ -11,6 +11,7 @@ from typing import Any
 from aiohttp import web
 
 from flashsale.auth import AdminAuth, ShopperAuth
+from flashsale.engine.bookings import Bookings
 from flashsale.engine.connection import connect_redis
 from flashsale.engine.engine import Engine, FcodeLimits
 from flashsale.engine.keys import Keyspace
@@ -61,6 +62,7 @@ def _services_ctx(settings: Settings) -> Any:
         app[SERVICES] = Services(
             settings=settings,
             engine=engine,
+            bookings=Bookings(engine),
             pool=pool,
             shoppers=ShopperAuth(settings.token_secret),
             admin=AdminAuth(settings.admin_token),

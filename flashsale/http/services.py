@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 
 from flashsale.auth import AdminAuth, ShopperAuth
+from flashsale.engine.bookings import Bookings
 from flashsale.engine.engine import Engine
 from flashsale.settings import Settings
 from flashsale.store.confirm import GroupCommitter
@@ -17,6 +18,7 @@ from flashsale.store.confirm import GroupCommitter
 class Services:
     settings: Settings
     engine: Engine
+    bookings: Bookings
     pool: asyncpg.Pool
     shoppers: ShopperAuth
     admin: AdminAuth

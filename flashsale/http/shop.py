@@ -8,7 +8,8 @@ import logging
 from aiohttp import web
 
 from flashsale import errors
-from flashsale.engine.engine import BuyOutcome, now_ms
+from flashsale.booking.status import estimate_wait_s
+from flashsale.engine.engine import BuyOutcome, Queued, now_ms
 from flashsale.fcodes import codes
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
@@ -47,11 +48,33 @@ async def buy(request: web.Request) -> web.Response:
         sale_id, user_id, quantity, key, fcode_digest=fcode_digest,
         client_address=request.remote or "",
     )  # fmt: skip
+    if isinstance(outcome, Queued):
+        return _queued_response(outcome)
     if services.committer is not None:
         await _confirm_in_postgres(services, outcome, key, fcode_digest)
     response = json_response({"order": outcome.order.to_json()}, status=201)
     if outcome.replayed:
         response.headers["Idempotent-Replayed"] = "true"
+    return response
+
+
+def _queued_response(queued: Queued) -> web.Response:
+    """202: the shopper is in the booking queue, not yet admitted; nothing was reserved."""
+    wait_s, lower_bound = estimate_wait_s(
+        queued.ahead, queued.admission_rate, queued.next_window_close_ms, queued.now_ms
+    )
+    response = json_response(
+        {
+            "status": "queued",
+            "booking_no": queued.booking_no,
+            "position": queued.ahead,
+            "estimated_wait_s": wait_s,
+            "wait_is_lower_bound": lower_bound,
+        },
+        status=202,
+    )
+    # a polite client polls no faster than the queue can move
+    response.headers["Retry-After"] = str(max(1, min(wait_s, 30)))
     return response
 
 

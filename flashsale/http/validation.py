@@ -62,6 +62,23 @@ def integer(body: dict[str, Any], name: str, *, default: int | None = None, mini
     return value
 
 
+def boolean(body: dict[str, Any], name: str, *, default: bool) -> bool:
+    value = body.get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be true or false")
+    return value
+
+
+def number(body: dict[str, Any], name: str, *, default: float, minimum: float,
+           maximum: float) -> float:  # fmt: skip
+    value = body.get(name, default)
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be a number")
+    if not minimum <= value <= maximum:  # NaN fails too
+        raise InvalidRequest(f"'{name}' must be between {minimum:g} and {maximum:g}")
+    return float(value)
+
+
 def text(body: dict[str, Any], name: str, *, max_len: int = 200,
          default: str | None = None) -> str:  # fmt: skip
     value = body.get(name, default)

@@ -6,11 +6,20 @@ from datetime import datetime
 
 import asyncpg
 
-from flashsale.models import SaleDefinition, SaleState, datetime_to_ms, ms_to_datetime
+from flashsale.models import (
+    Admission,
+    BookingPolicy,
+    SaleDefinition,
+    SaleState,
+    datetime_to_ms,
+    ms_to_datetime,
+)
 
 _COLUMNS = (
     "sale_id, sku, name, price_cents, stock, per_user_limit, starts_at, ends_at, "
-    "reservation_ttl_s, state, fcode_stock, fcode_opens_at"
+    "reservation_ttl_s, state, fcode_stock, fcode_opens_at, booking_opens_at, booking_closes_at, "
+    "booking_required, booking_capacity, admission, admission_ratio, admission_window_s, "
+    "lottery_seed"
 )
 
 
@@ -18,12 +27,14 @@ async def insert_sale(conn: asyncpg.Connection | asyncpg.Pool, sale: SaleDefinit
     """Store a new sale; False when one with this id exists already."""
     row = await conn.fetchrow(
         f"INSERT INTO sales ({_COLUMNS}) "
-        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11) "
+        "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14, $15, "
+        "$16, $17, $18, $19) "
         "ON CONFLICT (sale_id) DO NOTHING RETURNING sale_id",
         sale.sale_id, sale.sku, sale.name, sale.price_cents, sale.stock, sale.per_user_limit,
         ms_to_datetime(sale.starts_ms), ms_to_datetime(sale.ends_ms), sale.reservation_ttl_s,
         sale.fcode_stock,
         None if sale.fcode_opens_ms is None else ms_to_datetime(sale.fcode_opens_ms),
+        *_booking_columns(sale.booking),
     )  # fmt: skip
     return row is not None
 
@@ -41,8 +52,31 @@ async def fetch_sale(
         ends_ms=datetime_to_ms(row["ends_at"]), reservation_ttl_s=row["reservation_ttl_s"],
         fcode_stock=row["fcode_stock"],
         fcode_opens_ms=_ms_or_none(row["fcode_opens_at"]),
+        booking=_booking_policy(row),
     )  # fmt: skip
     return definition, SaleState(row["state"])
+
+
+def _booking_columns(policy: BookingPolicy | None) -> tuple[object, ...]:
+    if policy is None:
+        return (None, None, False, None, None, 1.0, 120, None)
+    return (
+        ms_to_datetime(policy.opens_ms), ms_to_datetime(policy.closes_ms), policy.required,
+        policy.capacity, policy.admission.value, policy.admission_ratio,
+        policy.admission_window_s, policy.lottery_seed,
+    )  # fmt: skip
+
+
+def _booking_policy(row: asyncpg.Record) -> BookingPolicy | None:
+    if row["admission"] is None:
+        return None
+    return BookingPolicy(
+        opens_ms=datetime_to_ms(row["booking_opens_at"]),
+        closes_ms=datetime_to_ms(row["booking_closes_at"]),
+        admission=Admission(row["admission"]), required=row["booking_required"],
+        capacity=row["booking_capacity"], admission_ratio=row["admission_ratio"],
+        admission_window_s=row["admission_window_s"], lottery_seed=row["lottery_seed"],
+    )  # fmt: skip
 
 
 def _ms_or_none(value: datetime | None) -> int | None:

@@ -69,3 +69,26 @@ CREATE TABLE IF NOT EXISTS fcodes (
 
 CREATE INDEX IF NOT EXISTS fcodes_sale_campaign ON fcodes (sale_id, campaign, state);
 CREATE INDEX IF NOT EXISTS orders_fcode ON orders (fcode) WHERE fcode IS NOT NULL;
+
+-- Booking queue (added after F-codes)
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS booking_opens_at timestamptz;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS booking_closes_at timestamptz;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS booking_required boolean NOT NULL DEFAULT false;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS booking_capacity integer CHECK (booking_capacity >= 1);
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS admission text
+    CHECK (admission IN ('arrival', 'booking_order', 'lottery'));
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS admission_ratio double precision NOT NULL DEFAULT 1.0;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS admission_window_s integer NOT NULL DEFAULT 120;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS lottery_seed text;
+
+-- One row per booking. Numbers are given by Redis (dense, in arrival order); live bookings
+-- arrive through the events stream, imported ones from `flashsale bookings import`.
+CREATE TABLE IF NOT EXISTS bookings (
+    sale_id    text        NOT NULL REFERENCES sales (sale_id),
+    booking_no integer     NOT NULL CHECK (booking_no >= 1),
+    user_id    text        NOT NULL,
+    booked_at  timestamptz NOT NULL,
+    source     text        NOT NULL CHECK (source IN ('web', 'import')),
+    PRIMARY KEY (sale_id, booking_no),
+    UNIQUE (sale_id, user_id)
+);

@@ -1,4 +1,4 @@
-"""The order writer: Redis order events -> PostgreSQL, at least once, idempotently.
+"""The order writer: Redis order and booking events -> PostgreSQL, at least once, idempotently.
 
 Each sale's events stream is read through the consumer group ``writers``. A batch is committed
 to PostgreSQL first and acknowledged (and deleted) in Redis after, so a crash in between only
@@ -22,6 +22,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from flashsale.engine.keys import WRITER_GROUP, Keyspace
 from flashsale.failpoints import failpoint
+from flashsale.store.bookings import BookingRow, insert_bookings
 from flashsale.store.orders import OrderRow, upsert_orders
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,7 @@ class OrderWriter:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.written = 0
         self._streams: list[str] = []
+        self._stream_sales: dict[str, str] = {}
         self._grouped: set[str] = set()
         self._streams_refreshed = 0.0
         self._last_reclaim = 0.0
@@ -112,6 +114,7 @@ class OrderWriter:
         self._streams_refreshed = time.monotonic()
         sale_ids = sorted(cast(set[str], await self.redis.smembers(self.keys.sales_index)))
         streams = [self.keys.sale(s).events for s in sale_ids]
+        self._stream_sales = dict(zip(streams, sale_ids, strict=True))
         for stream in streams:
             if stream not in self._grouped:
                 try:
@@ -147,20 +150,32 @@ class OrderWriter:
 
     async def _commit(self, batches: list[tuple[str, StreamEntries]]) -> int:
         rows: list[OrderRow] = []
+        bookings: list[BookingRow] = []
         ids: dict[str, list[str]] = {}
         for stream, entries in batches:
             for entry_id, fields in entries:
                 ids.setdefault(stream, []).append(entry_id)
-                if fields:  # None: the entry was deleted after a commit, nothing to write
+                if not fields:  # None: the entry was deleted after a commit, nothing to write
+                    continue
+                if fields.get("kind") == "booking":
+                    bookings.append(BookingRow.from_event(self._sale_of_stream(stream), fields))
+                else:
                     rows.append(OrderRow.from_event(fields))
         if not ids:
             return 0
         await upsert_orders(self.pool, rows)
+        await insert_bookings(self.pool, bookings)
         failpoint("writer.after_commit")
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, entry_ids in ids.items():
                 _ = pipe.xack(stream, WRITER_GROUP, *entry_ids)
                 _ = pipe.xdel(stream, *entry_ids)
             await pipe.execute()
-        self.written += len(rows)
-        return len(rows)
+        self.written += len(rows) + len(bookings)
+        return len(rows) + len(bookings)
+
+    def _sale_of_stream(self, stream: str) -> str:
+        sale_id = self._stream_sales.get(stream)
+        if sale_id is None:
+            raise ValueError(f"events of an unknown stream: {stream!r}")
+        return sale_id

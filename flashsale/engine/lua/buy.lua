@@ -8,25 +8,65 @@
 -- buyers draw from "fcode_available" from fcode_opens_ms on, and consume their code. The lanes
 -- never borrow from each other.
 --
+-- A sale with booking gates the public lane (F-code holders skip the queue): with
+-- "booking_required" only booked shoppers may buy. With a queued admission (booking_order,
+-- lottery) a booked shopper buys only once admitted (queue rank within the frontier
+-- min(adm_slots, bookings)) and before the admission window closes; anyone else is told their
+-- place. Unbooked shoppers, when booking is optional, queue behind every booked one.
+--
 -- KEYS[1]  sale hash               KEYS[6]  idempotency string (unused when ARGV[4] is "")
 -- KEYS[2]  holders hash            KEYS[7]  F-codes hash (digest -> state|campaign|order|user)
 -- KEYS[3]  deadlines zset          KEYS[8]  failed F-codes of this user (counter)
 -- KEYS[4]  events stream           KEYS[9]  failed F-codes of this address (counter)
--- KEYS[5]  order hash (of ARGV[3])
+-- KEYS[5]  order hash (of ARGV[3])  KEYS[10] the buyer's booking bucket
+-- KEYS[11] admission waves zset    KEYS[12] queue holders hash    KEYS[13] queue bits
 -- ARGV[1]  user id                 ARGV[6]  F-code digest, "" for a public buy
 -- ARGV[2]  quantity                ARGV[7]  failures allowed per user per window
 -- ARGV[3]  new order id            ARGV[8]  failures allowed per address per window
 -- ARGV[4]  request fingerprint     ARGV[9]  failure window (s)
--- ARGV[5]  idempotency ttl (s)
+-- ARGV[5]  idempotency ttl (s)     ARGV[10] the buyer's booking field (user digest)
 -- Returns  {"ok", order_id, qty, created_ms, expires_ms, campaign}      reserved now
 --          {"replay", order_id, qty, created_ms, expires_ms, campaign}  the first answer
 --          {"idempotency_key_reused"} | {"sale_not_found"} | {"sale_ended"}
 --          {"sale_not_open"} | {"quantity_above_limit", limit}
 --          {"limit_reached", held, limit} | {"sold_out", available}
 --          {"fcode_throttled", retry_after_ms} | {"fcode_invalid"} | {"fcode_used"}
---          {"fcode_revoked"}
+--          {"fcode_revoked"} | {"booking_required"} | {"admission_passed"}
+--          {"queued", ahead, booking_no or "", admission rate (/s), next window close (ms),
+--           now_ms}                                                  nothing reserved
 local user, qty, order_id, fingerprint = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local fcode = ARGV[6]
+
+-- The queue rank of booking number no among n bookings in a lottery sale: the Feistel
+-- permutation with cycle walking of flashsale/booking/lottery.py, which documents it.
+local function draw_rank(no, n, keys_csv)
+  local TWO32 = 4294967296
+  local keys = {}
+  for k in string.gmatch(keys_csv, '%d+') do keys[#keys + 1] = tonumber(k) end
+  local bits = 0
+  while 2 ^ bits < n do bits = bits + 1 end
+  local m = 2 ^ math.max(1, math.ceil(bits / 2))
+  local function mul32(a, b)  -- a * b mod 2^32, exact in doubles
+    local lo, hi = a % 65536, math.floor(a / 65536)
+    return (lo * b + (hi * b % 65536) * 65536) % TWO32
+  end
+  local function mix(x)  -- lowbias32
+    x = bit.bxor(x, bit.rshift(x, 16)) % TWO32
+    x = mul32(x, 0x7feb352d)
+    x = bit.bxor(x, bit.rshift(x, 15)) % TWO32
+    x = mul32(x, 0x846ca68b)
+    return bit.bxor(x, bit.rshift(x, 16)) % TWO32
+  end
+  local x = no - 1
+  repeat
+    local l, r = math.floor(x / m), x % m
+    for i = 1, #keys do
+      l, r = r, (l + mix(bit.bxor(r, keys[i]) % TWO32) % m) % m
+    end
+    x = l * m + r
+  until x < n
+  return x + 1
+end
 
 -- The client library may resend a request whose reply it lost: the order id makes that a replay.
 local mine = redis.call('HMGET', KEYS[5], 'qty', 'created_ms', 'expires_ms', 'campaign')
@@ -45,7 +85,8 @@ if fingerprint ~= '' then
 end
 
 local sale = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'available',
-  'per_user_limit', 'ttl_s', 'fcode_available', 'fcode_opens_ms')
+  'per_user_limit', 'ttl_s', 'fcode_available', 'fcode_opens_ms', 'admission', 'bk_required',
+  'reserved')
 if not sale[1] then return {'sale_not_found'} end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -53,6 +94,37 @@ if sale[1] == 'closed' or now_ms >= tonumber(sale[3]) then return {'sale_ended'}
 local opens_ms, pool = tonumber(sale[2]), 'available'
 if fcode ~= '' then opens_ms, pool = tonumber(sale[8]), 'fcode_available' end
 if sale[1] == 'paused' or now_ms < opens_ms then return {'sale_not_open'} end
+
+local rank = nil  -- queue rank of a booked buyer in a queued admission
+local admission = sale[9] or ''
+if fcode == '' and admission ~= '' then
+  local booking_no = redis.call('HGET', KEYS[10], ARGV[10])
+  if not booking_no and sale[10] == '1' then return {'booking_required'} end
+  if admission ~= 'arrival' then
+    local q = redis.call('HMGET', KEYS[1], 'bookings', 'adm_slots', 'adm_cursor',
+      'adm_window_s', 'adm_rate', 'adm_next_ms', 'lottery_keys')
+    local n, slots = tonumber(q[1]), tonumber(q[2])
+    local frontier = math.min(slots, n)
+    local function queued(ahead)
+      -- nothing left and nothing that could come back: waiting would be a false hope
+      if tonumber(sale[4]) <= 0 and tonumber(sale[11]) <= 0 then return {'sold_out', 0} end
+      return {'queued', ahead, booking_no or '', q[5] or '0', q[6] or '0', now_ms}
+    end
+    if not booking_no then
+      if slots < n then return queued(n - frontier) end
+    else
+      rank = tonumber(booking_no)
+      if admission == 'lottery' then rank = draw_rank(rank, n, q[7]) end
+      if rank > frontier then return queued(rank - frontier - 1) end
+      local closed = rank < tonumber(q[3])
+      if not closed then
+        local wave = redis.call('ZREVRANGEBYSCORE', KEYS[11], rank, '-inf', 'LIMIT', 0, 1)
+        closed = now_ms >= tonumber(string.match(wave[1], ':(%d+)$')) + tonumber(q[4]) * 1000
+      end
+      if closed then return {'admission_passed'} end
+    end
+  end
+end
 
 local campaign, bound_user = '', ''
 if fcode ~= '' then
@@ -92,6 +164,11 @@ redis.call('HINCRBY', KEYS[2], user, qty)
 redis.call('HSET', KEYS[5], 'user', user, 'qty', qty, 'status', 'reserved', 'v', 1,
   'created_ms', now_ms, 'updated_ms', now_ms, 'expires_ms', expires_ms,
   'fcode', fcode, 'campaign', campaign)
+if rank then
+  redis.call('HSET', KEYS[5], 'rank', rank)
+  redis.call('HINCRBY', KEYS[12], user, qty)
+  redis.call('SETBIT', KEYS[13], rank, 1)
+end
 if fcode ~= '' then
   redis.call('HSET', KEYS[7], fcode, table.concat({'u', campaign, order_id, bound_user}, '|'))
 end

@@ -2,21 +2,23 @@
 -- expire: return the units of reservations whose deadline has passed, exactly once, each to
 -- the lane it came from; an F-code whose order expired becomes usable again (unless revoked).
 -- The sweeper picks candidates from the deadlines zset; this script re-checks each one
--- against Redis's own clock, so a stale or early candidate changes nothing.
+-- against Redis's own clock, so a stale or early candidate changes nothing. A shopper who
+-- bought through the booking queue and whose admission window has closed hands their place to
+-- the next in line when their last unit expires (adm_freed; admit.lua admits them).
 --
--- KEYS[1]  sale hash        KEYS[4]     F-codes hash
--- KEYS[2]  holders hash     KEYS[5..n-1] order hashes of the candidates
--- KEYS[3]  deadlines zset   KEYS[n]     events stream
--- ARGV     candidate order ids, in the order of KEYS[5..n-1]
+-- KEYS[1]  sale hash        KEYS[4]  F-codes hash         KEYS[7..n-1] order hashes
+-- KEYS[2]  holders hash     KEYS[5]  queue holders hash   KEYS[n]      events stream
+-- KEYS[3]  deadlines zset   KEYS[6]  queue bits
+-- ARGV     candidate order ids, in the order of KEYS[7..n-1]
 -- Returns  number of reservations expired now
 local events = KEYS[#KEYS]
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local expired = 0
 for i, order_id in ipairs(ARGV) do
-  local key = KEYS[4 + i]
+  local key = KEYS[6 + i]
   local o = redis.call('HMGET', key, 'user', 'qty', 'status', 'created_ms', 'expires_ms', 'v',
-    'fcode', 'campaign')
+    'fcode', 'campaign', 'rank')
   if o[3] ~= 'reserved' then
     -- paid or settled already (or unknown): the deadline entry is stale
     redis.call('ZREM', KEYS[3], order_id)
@@ -31,6 +33,14 @@ for i, order_id in ipairs(ARGV) do
       local state, camp, oid, bound = string.match(record or '', '^(%a)|([^|]*)|([^|]*)|(.*)$')
       if state == 'u' and oid == order_id then
         redis.call('HSET', KEYS[4], fcode, table.concat({'a', camp, '', bound}, '|'))
+      end
+    end
+    local rank = tonumber(o[9])
+    if rank and redis.call('HINCRBY', KEYS[5], o[1], -qty) <= 0 then
+      redis.call('HDEL', KEYS[5], o[1])
+      redis.call('SETBIT', KEYS[6], rank, 0)
+      if rank < tonumber(redis.call('HGET', KEYS[1], 'adm_cursor')) then
+        redis.call('HINCRBY', KEYS[1], 'adm_freed', 1)
       end
     end
     redis.call('ZREM', KEYS[3], order_id)

@@ -7,17 +7,19 @@
 --           order is expired instead (what already happened to it; the sweeper had not seen it).
 -- Repeating a settled action answers like the first time. Units return exactly once, to the
 -- lane they came from: only the step out of "reserved" moves counters. An F-code whose order
--- is released becomes usable again (unless it was revoked meanwhile).
+-- is released becomes usable again (unless it was revoked meanwhile). A shopper who bought
+-- through the booking queue and so lets go of their last unit after their admission window
+-- closed hands their place to the next in line (adm_freed; admit.lua admits them).
 --
--- KEYS[1]  sale hash        KEYS[4]  events stream
--- KEYS[2]  holders hash     KEYS[5]  order hash
+-- KEYS[1]  sale hash        KEYS[4]  events stream    KEYS[7]  queue holders hash
+-- KEYS[2]  holders hash     KEYS[5]  order hash       KEYS[8]  queue bits
 -- KEYS[3]  deadlines zset   KEYS[6]  F-codes hash
 -- ARGV[1]  order id   ARGV[2]  user id of the caller   ARGV[3]  "pay" | "cancel"
 -- Returns  {word, status, qty, created_ms, expires_ms, updated_ms, campaign}; word is "ok",
 --          "order_not_found", "order_expired", "order_cancelled" or "order_paid"
 local order_id, caller, action = ARGV[1], ARGV[2], ARGV[3]
 local o = redis.call('HMGET', KEYS[5], 'user', 'qty', 'status', 'created_ms', 'expires_ms',
-  'updated_ms', 'v', 'fcode', 'campaign')
+  'updated_ms', 'v', 'fcode', 'campaign', 'rank')
 if not o[1] or o[1] ~= caller then return {'order_not_found'} end
 local qty, status, expires_ms = tonumber(o[2]), o[3], tonumber(o[5])
 local fcode, campaign = o[8] or '', o[9] or ''
@@ -42,6 +44,14 @@ if new_status ~= 'paid' then
     local state, camp, oid, bound = string.match(record or '', '^(%a)|([^|]*)|([^|]*)|(.*)$')
     if state == 'u' and oid == order_id then
       redis.call('HSET', KEYS[6], fcode, table.concat({'a', camp, '', bound}, '|'))
+    end
+  end
+  local rank = tonumber(o[10])
+  if rank and redis.call('HINCRBY', KEYS[7], o[1], -qty) <= 0 then
+    redis.call('HDEL', KEYS[7], o[1])
+    redis.call('SETBIT', KEYS[8], rank, 0)
+    if rank < tonumber(redis.call('HGET', KEYS[1], 'adm_cursor')) then
+      redis.call('HINCRBY', KEYS[1], 'adm_freed', 1)
     end
   end
 end

@@ -1,0 +1,1 @@
+"""Booking (pre-registration) and admission of booked shoppers to the sale."""

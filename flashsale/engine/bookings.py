@@ -1,0 +1,178 @@
+"""Bookings in Redis: take one, import a list, say where a shopper stands, move admission on."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+from flashsale import errors
+from flashsale.booking import lottery
+from flashsale.booking.status import BookingStatus, QueueFacts, queued_state
+from flashsale.engine.engine import Engine
+from flashsale.engine.keys import booking_slot
+from flashsale.models import Admission, BookingState
+
+_BOOK_ERRORS: dict[str, type[errors.FlashsaleError]] = {
+    "sale_not_found": errors.SaleNotFound,
+    "booking_not_offered": errors.BookingNotOffered,
+}
+
+_STATUS_FIELDS = (
+    "state", "starts_ms", "ends_ms", "available", "reserved", "admission", "bookings",
+    "adm_slots", "adm_cursor", "adm_window_s", "adm_rate", "adm_next_ms", "lottery_seed",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Booking:
+    booking_no: int
+    new: bool
+    booked_ms: int | None  # known for a booking taken now
+
+
+@dataclass(frozen=True, slots=True)
+class ImportedBatch:
+    numbers: list[int]  # each shopper's booking number, 0 when refused for capacity
+    new: int
+    full: bool
+
+
+@functools.lru_cache(maxsize=16)
+def _draw(seed: str, n: int) -> lottery.Draw:
+    return lottery.Draw(seed, n)
+
+
+class Bookings:
+    """Booking operations; one atomic script or one read each, on the engine's Redis."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.redis = engine.redis
+        self.keys = engine.keys
+        self.scripts = engine.scripts
+
+    async def book(self, sale_id: str, user_id: str) -> Booking:
+        k = self.keys.sale(sale_id)
+        bucket, field = booking_slot(user_id)
+        result = await self.scripts.book(
+            self.redis, [k.sale, k.booking_bucket(bucket), k.events], [field, user_id]
+        )
+        word = result[0]
+        if word == "new":
+            return Booking(booking_no=int(result[1]), new=True, booked_ms=int(result[2]))
+        if word == "exists":
+            return Booking(booking_no=int(result[1]), new=False, booked_ms=None)
+        raise _book_error(result)
+
+    async def book_many(self, sale_id: str, user_ids: Sequence[str]) -> ImportedBatch:
+        """Book every shopper of ``user_ids`` (a batch of an imported list), idempotently."""
+        k = self.keys.sale(sale_id)
+        slots = [booking_slot(u) for u in user_ids]
+        result = await self.scripts.book_many(
+            self.redis, [k.sale, *(k.booking_bucket(b) for b, _ in slots)], [f for _, f in slots]
+        )
+        word = result[0]
+        if word not in ("ok", "booking_full"):
+            raise _book_error(result)
+        return ImportedBatch(
+            numbers=[int(x) for x in result[2:]], new=int(result[1]), full=word == "booking_full"
+        )
+
+    async def admit(self, sale_id: str) -> tuple[int, int, int]:
+        """Close ended admission windows and admit the next in line:
+        (places freed, ranks admitted now, ranks admitted so far)."""
+        k = self.keys.sale(sale_id)
+        freed, admitted, frontier = await self.scripts.admit(
+            self.redis, [k.sale, k.waves, k.queue_bits, k.deadlines], []
+        )
+        return int(freed), int(admitted), int(frontier)
+
+    async def status(self, sale_id: str, user_id: str) -> BookingStatus:
+        k = self.keys.sale(sale_id)
+        bucket, field = booking_slot(user_id)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            _ = pipe.hget(k.booking_bucket(bucket), field)
+            _ = pipe.hmget(k.sale, _STATUS_FIELDS)
+            _ = pipe.hget(k.holders, user_id)
+            _ = pipe.time()
+            raw_no, values, held, (seconds, micros) = await pipe.execute()
+        f = cast(dict[str, str | None], dict(zip(_STATUS_FIELDS, values, strict=True)))
+        if f["state"] is None:
+            raise errors.SaleNotFound()
+        if not f["admission"]:
+            raise errors.BookingNotOffered()
+        if raw_no is None:
+            raise errors.BookingNotFound()
+        booking_no, admission = int(raw_no), Admission(f["admission"])
+        now_ms = seconds * 1000 + micros // 1000
+        starts_ms, ends_ms = int(f["starts_ms"] or 0), int(f["ends_ms"] or 0)
+        over = f["state"] == "closed" or now_ms >= ends_ms
+        if not admission.queued:
+            return self._arrival_status(
+                sale_id, user_id, booking_no, now_ms, starts_ms, over, int(held or 0) > 0
+            )
+        bookings = int(f["bookings"] or 0)
+        rank: int | None = booking_no
+        if admission is Admission.LOTTERY:
+            seed = f["lottery_seed"] or ""
+            rank = _draw(seed, bookings).rank(booking_no) if now_ms >= starts_ms else None
+        facts = QueueFacts(
+            now_ms=now_ms, starts_ms=starts_ms, over=over,
+            exhausted=int(f["available"] or 0) <= 0 and int(f["reserved"] or 0) <= 0,
+            bookings=bookings, frontier=min(int(f["adm_slots"] or 0), bookings),
+            cursor=int(f["adm_cursor"] or 1), window_ms=int(f["adm_window_s"] or 0) * 1000,
+            rate_per_s=float(f["adm_rate"] or 0), next_free_ms=int(f["adm_next_ms"] or 0),
+        )  # fmt: skip
+        admitted_ms, holding = None, False
+        if rank is not None:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                _ = pipe.zrevrangebyscore(k.waves, rank, "-inf", start=0, num=1)
+                _ = pipe.getbit(k.queue_bits, rank)
+                wave, bit = await pipe.execute()
+            holding = bool(bit)
+            if wave:
+                admitted_ms = int(str(wave[0]).partition(":")[2])
+        state, ahead, wait, until_ms = queued_state(facts, rank, admitted_ms, holding)
+        return BookingStatus(
+            sale_id=sale_id, user_id=user_id, booking_no=booking_no, admission=admission,
+            state=state, queue_rank=rank, ahead=ahead,
+            estimated_wait_s=None if wait is None else wait[0],
+            wait_is_lower_bound=False if wait is None else wait[1],
+            admitted_until_ms=until_ms,
+        )  # fmt: skip
+
+    @staticmethod
+    def _arrival_status(
+        sale_id: str, user_id: str, booking_no: int, now_ms: int, starts_ms: int, over: bool,
+        holding: bool,
+    ) -> BookingStatus:  # fmt: skip
+        """First come, first served: everyone booked is admitted when the sale opens."""
+        wait: int | None = None
+        if holding:
+            state = BookingState.PURCHASED
+        elif over:
+            state = BookingState.PASSED
+        elif now_ms < starts_ms:
+            state, wait = BookingState.WAITING, -(-(starts_ms - now_ms) // 1000)
+        else:
+            state = BookingState.ADMITTED
+        return BookingStatus(
+            sale_id=sale_id, user_id=user_id, booking_no=booking_no,
+            admission=Admission.ARRIVAL, state=state, queue_rank=None,
+            ahead=0 if state is BookingState.WAITING else None, estimated_wait_s=wait,
+        )  # fmt: skip
+
+
+def _book_error(result: list[str | int]) -> errors.FlashsaleError:
+    from flashsale.models import iso
+
+    word = str(result[0])
+    if word == "booking_not_open":
+        return errors.BookingNotOpen(f"booking opens at {iso(int(result[1]))}")
+    if word == "booking_closed":
+        return errors.BookingClosed(f"booking closed at {iso(int(result[1]))}")
+    if word == "booking_full":
+        return errors.BookingFull(f"all {int(result[1])} booking places have been taken")
+    return _BOOK_ERRORS[word]()

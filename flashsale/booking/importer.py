@@ -1,0 +1,116 @@
+"""Import a channel partner's booking list: Redis gives the numbers, PostgreSQL keeps them.
+
+Each batch is booked in Redis by one atomic script (a shopper already booked keeps their
+number, so an import can be repeated after any failure), then written to PostgreSQL with COPY
+and an idempotent insert. Redis books batch n+1 while PostgreSQL writes batch n.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+from flashsale.engine.bookings import Bookings
+from flashsale.engine.engine import now_ms
+from flashsale.store.bookings import copy_imported
+
+MAX_USER_ID_CHARS = 128  # as for the "sub" of a shopper's token
+DEFAULT_BATCH = 5000
+
+
+class BadListError(ValueError):
+    """The list holds a line that is not a user id; nothing was imported."""
+
+
+@dataclass(slots=True)
+class ImportReport:
+    total: int = 0  # user ids read
+    new: int = 0  # booked now
+    existing: int = 0  # booked before (by this list, an earlier import, or online)
+    refused_full: int = 0  # not booked: the booking capacity was reached
+    first_new_no: int | None = None
+    last_new_no: int | None = None
+
+
+def read_user_ids(path: Path) -> list[str]:
+    """The user ids of a list: one a line, or the first column of a CSV; blank lines and a
+    ``user_id`` header are skipped. Every line is checked before anything is imported."""
+    users: list[str] = []
+    with path.open(newline="", encoding="utf-8") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or not row[0].strip():
+                continue
+            user = row[0].strip()
+            if line_no == 1 and user.lower() in ("user_id", "user"):
+                continue
+            check_user_id(user, f"{path}:{line_no}")
+            users.append(user)
+    return users
+
+
+def check_user_id(user: str, where: str) -> None:
+    if len(user) > MAX_USER_ID_CHARS:
+        raise BadListError(f"{where}: a user id may hold at most {MAX_USER_ID_CHARS} characters")
+    if not user.isprintable():
+        raise BadListError(f"{where}: a user id may not hold control characters")
+
+
+def _batches(users: Iterable[str], size: int) -> Iterator[list[str]]:
+    batch: list[str] = []
+    for user in users:
+        batch.append(user)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+async def import_bookings(
+    bookings: Bookings,
+    pool: asyncpg.Pool,
+    sale_id: str,
+    users: Iterable[str],
+    *,
+    batch_size: int = DEFAULT_BATCH,
+    on_batch: Callable[[ImportReport], None] | None = None,
+) -> ImportReport:
+    report = ImportReport()
+    written: asyncio.Queue[tuple[list[int], list[str]] | None] = asyncio.Queue(maxsize=2)
+
+    async def write_to_postgres() -> None:
+        while (item := await written.get()) is not None:
+            await copy_imported(pool, sale_id, item[0], item[1], now_ms())
+
+    writer = asyncio.create_task(write_to_postgres())
+    try:
+        for batch in _batches(users, batch_size):
+            result = await bookings.book_many(sale_id, batch)
+            report.total += len(batch)
+            report.new += result.new
+            refused = result.numbers.count(0)
+            report.refused_full += refused
+            report.existing += len(batch) - result.new - refused
+            if result.new:
+                # new numbers are the batch's highest, handed out in list order
+                last = max(result.numbers)
+                report.last_new_no = last
+                if report.first_new_no is None:
+                    report.first_new_no = last - result.new + 1
+            handed = asyncio.ensure_future(written.put((result.numbers, batch)))
+            await asyncio.wait({handed, writer}, return_when=asyncio.FIRST_COMPLETED)
+            if not handed.done():  # the writer failed: its error is raised below
+                handed.cancel()
+                break
+            if on_batch is not None:
+                on_batch(report)
+    finally:
+        if not writer.done():
+            await written.put(None)
+        await writer  # re-raises a PostgreSQL failure
+    return report

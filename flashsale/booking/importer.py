@@ -90,6 +90,8 @@ async def import_bookings(
     writer = asyncio.create_task(write_to_postgres())
     try:
         for batch in _batches(users, batch_size):
+            if writer.done():
+                break  # it failed: its error is raised below
             result = await bookings.book_many(sale_id, batch)
             report.total += len(batch)
             report.new += result.new

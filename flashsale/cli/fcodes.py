@@ -6,16 +6,16 @@ Exit codes: 0 done, 1 failed, 2 a usage error (bad arguments, nothing was done).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import csv
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any
+
+from flashsale.cli.common import Job, ProgressBar, UsageError, run_job
 
 if TYPE_CHECKING:
     import asyncpg
@@ -26,11 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 CSV_HEADER = ("code", "user", "campaign", "sale_id")
-PROGRESS_MIN = 10_000  # no bar for smaller batches
-
-
-class UsageError(Exception):
-    """Bad arguments: exit 2."""
 
 
 def add_fcodes_parser(sub: Any) -> None:
@@ -69,83 +64,8 @@ def add_fcodes_parser(sub: Any) -> None:
     check.set_defaults(func=cmd_check)
 
 
-Job = Callable[["asyncpg.Pool", "Engine"], Awaitable[int]]
-
-
 def _run(settings: Settings, job: Job) -> int:
-    from asyncpg import PostgresError
-    from redis.exceptions import RedisError
-
-    from flashsale import errors
-
-    async def main() -> int:
-        from flashsale.engine.connection import connect_redis
-        from flashsale.engine.engine import Engine
-        from flashsale.engine.keys import Keyspace
-        from flashsale.store.database import open_pool
-
-        redis = connect_redis(settings)
-        engine = Engine(
-            redis,
-            Keyspace(settings.key_prefix),
-            sold_out_recheck_s=settings.sold_out_recheck_s,
-            idempotency_ttl_s=settings.idempotency_ttl_s,
-        )
-        try:
-            pool = await open_pool(settings.database_url, max_size=2)
-            try:
-                return await job(pool, engine)
-            finally:
-                await pool.close()
-        finally:
-            await redis.aclose()
-
-    try:
-        return asyncio.run(main())
-    except UsageError as exc:
-        print(f"flashsale fcodes: {exc}", file=sys.stderr)
-        return 2
-    except errors.InvalidRequest as exc:
-        print(f"flashsale fcodes: {exc.message}", file=sys.stderr)
-        return 2
-    except errors.FlashsaleError as exc:
-        print(f"flashsale fcodes: {exc.message}", file=sys.stderr)
-        return 1
-    except (OSError, RedisError, PostgresError) as exc:
-        print(f"flashsale fcodes: a store or file failed: {exc!r}", file=sys.stderr)
-        return 1
-
-
-class ProgressBar:
-    """One line on stderr, redrawn at most every half second; only on a terminal."""
-
-    def __init__(self, stream: IO[str] = sys.stderr) -> None:
-        self.stream = stream
-        self.enabled = stream.isatty()
-        self.phase = ""
-        self.last = 0.0
-
-    def __call__(self, phase: str, done: int, total: int) -> None:
-        if not self.enabled or total < PROGRESS_MIN:
-            return
-        now = time.monotonic()
-        if phase == self.phase and done < total and now - self.last < 0.5:
-            return
-        if phase != self.phase and self.phase:
-            self.stream.write("\n")
-        self.phase, self.last = phase, now
-        filled = 30 * done // total
-        self.stream.write(
-            f"\r{phase:<9} [{'#' * filled}{'.' * (30 - filled)}] {100 * done // total:3d}% "
-            f"{done:,}/{total:,}"
-        )
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled and self.phase:
-            self.stream.write("\n")
-            self.stream.flush()
-        self.phase = ""
+    return run_job(settings, job, "flashsale fcodes")
 
 
 def _read_users(path: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale, F-codes."""
+"""``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale, F-codes,
+import and export bookings."""
 
 from __future__ import annotations
 
@@ -101,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flashsale.cli.fcodes import add_fcodes_parser
 
     add_fcodes_parser(sub)
+    from flashsale.cli.bookings import add_bookings_parser
+
+    add_bookings_parser(sub)
     return parser
 
 

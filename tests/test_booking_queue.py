@@ -47,6 +47,9 @@ async def test_numbers_are_dense_unique_and_repeats_keep_theirs(
     )
     assert {r["user_id"]: r["booking_no"] for r in rows} == numbers
     assert {r["source"] for r in rows} == {"web"}
+    stats = await service.stats(sale_id)
+    assert (stats["bookings"], stats["bookings_in_postgres"]) == (1500, 1500)
+    assert (stats["admitted"], stats["waiting"]) == (0, 1500)  # admission starts with the sale
 
 
 async def test_booking_window_capacity_and_refusals(service: Service) -> None:
@@ -149,6 +152,8 @@ async def test_units_not_bought_in_time_pass_to_the_next_in_line(service: Servic
         await service.order_action(first.body["order"]["order_id"], "u0", "cancel")
     ).status == 200
     await wait_for(lambda: _admitted(service, sale_id, 6))
+    stats = await service.stats(sale_id)
+    assert (stats["admitted"], stats["waiting"]) == (6, 2)
     assert (await me(service, sale_id, "u0"))["state"] == "passed"
     assert (await service.buy(sale_id, "u5")).status == 201
 

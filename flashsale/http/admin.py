@@ -24,6 +24,7 @@ from flashsale.http.validation import (
 )
 from flashsale.ids import SALE_ID_RE, new_sale_id
 from flashsale.models import Admission, BookingPolicy, SaleDefinition, SaleState
+from flashsale.store import bookings as booking_store
 from flashsale.store import orders as order_store
 from flashsale.store import sales as sale_store
 
@@ -197,6 +198,15 @@ async def sale_stats(request: web.Request) -> web.Response:
     view = await services.engine.get_sale(sale_id)
     in_postgres = await order_store.count_by_status(services.pool, sale_id)
     c = view.counters
+    queue = {}
+    if view.definition.booking is not None:
+        queue = {
+            "bookings": c.bookings,
+            "bookings_in_postgres": await booking_store.count_bookings(services.pool, sale_id),
+        }
+        if view.definition.booking.admission.queued:
+            admitted = c.admitted if now_ms() >= view.definition.starts_ms else 0
+            queue |= {"admitted": admitted, "waiting": c.bookings - admitted}
     return json_response({
         "stats": {
             "sale_id": sale_id,
@@ -208,5 +218,6 @@ async def sale_stats(request: web.Request) -> web.Response:
             "expired": c.expired,
             "cancelled": c.cancelled,
             "orders_in_postgres": in_postgres,
+            **queue,
         }
     })  # fmt: skip

@@ -336,3 +336,29 @@ def _spec(**fields: object) -> dict[str, object]:
     from tests.helpers import sale_spec
 
     return sale_spec(**fields)
+
+
+async def test_a_pause_stops_the_admission_windows(service: Service) -> None:
+    sale_id, opens_at = await queued_sale(service, stock=2, admission_window_s=2)
+    for user in ("w1", "w2", "w3", "w4"):
+        await book(service, sale_id, user)
+    await sleep_until(opens_at)
+    admin = service.admin_headers
+    assert (
+        await service.call("POST", f"/v1/admin/sales/{sale_id}/pause", headers=admin)
+    ).status == 200
+    reply = await service.buy(sale_id, "w1")
+    assert (reply.status, reply.body["error"]) == (409, "sale_not_open")
+    await asyncio.sleep(2.5)  # the opening windows would have closed by now
+    assert (await public_sale(service, sale_id))["admitted"] == 2  # nothing moved while paused
+    assert (
+        await service.call("POST", f"/v1/admin/sales/{sale_id}/resume", headers=admin)
+    ).status == 200
+    status = await me(service, sale_id, "w2")
+    assert status["state"] == "admitted", status
+    assert (await service.buy(sale_id, "w1")).status == 201
+    await asyncio.sleep(0.3)
+    assert (await public_sale(service, sale_id))["admitted"] == 2
+    # the windows close about two seconds after the resume: w2's place passes to w3
+    await wait_for(lambda: _admitted(service, sale_id, 3))
+    assert (await me(service, sale_id, "w2"))["state"] == "passed"

@@ -173,9 +173,8 @@ class Engine:
         return SaleView(definition=definition, state=SaleState(f["state"]), counters=counters)
 
     async def set_state(self, sale_id: str, state: SaleState) -> None:
-        result = await self.scripts.set_state(
-            self.redis, [self.keys.sale(sale_id).sale], [state.value]
-        )
+        k = self.keys.sale(sale_id)
+        result = await self.scripts.set_state(self.redis, [k.sale, k.waves], [state.value])
         if result[0] == "sale_not_found":
             raise errors.SaleNotFound()
         if result[0] == "sale_ended":

@@ -3,6 +3,8 @@
 -- every such sale on each tick; several sweepers at once are harmless (each run is atomic and
 -- works from what the previous one stored).
 --
+-- Nothing moves while the sale is paused (set_state.lua gives the windows the time back).
+--
 -- 1. Close the windows that have ended, wave by wave in rank order (deadlines grow with rank,
 --    so a cursor suffices): every admitted rank that holds no unit bought through the queue
 --    frees its place; one BITCOUNT per wave counts the holders.
@@ -22,7 +24,7 @@ local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local n, slots, cursor = tonumber(s[5]), tonumber(s[6]), tonumber(s[7])
 local frontier = math.min(slots, n)
-if now_ms < tonumber(s[3]) or now_ms >= tonumber(s[4]) or s[2] == 'closed' then
+if now_ms < tonumber(s[3]) or now_ms >= tonumber(s[4]) or s[2] ~= 'active' then
   return {0, 0, frontier}
 end
 local window_ms = tonumber(s[9]) * 1000

@@ -18,6 +18,7 @@ import pytest
 from flashsale import errors
 from flashsale.booking.lottery import Draw
 from flashsale.settings import Settings
+from flashsale.store.writer import OrderWriter
 from tests.conftest import ServiceFactory
 from tests.helpers import Service, flashsale_env, gather_limited
 
@@ -365,3 +366,22 @@ async def test_export_queue_ranks_of_booking_order_and_lottery(
     assert ranks != list(range(1, 501))
     status = await service.services.bookings.status(lucky, "u7")
     assert status.queue_rank == ranks[7]
+
+
+async def test_an_online_booking_listed_by_a_partner_stays_online(
+    make_service: ServiceFactory, settings: Settings, pg: asyncpg.Pool, tmp_path: Path
+) -> None:
+    # the import reaches PostgreSQL before the writer carries the online booking
+    quiet = await make_service(run_writer=False)
+    sale_id = await booking_sale(quiet)
+    online = await web_book(quiet, sale_id, "fan")
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf\n\nuser_id\r\nfan\r\nnewcomer\r\n")  # Excel: BOM, CRLF
+    report = await import_json(settings, sale_id, path)
+    assert (report["new"], report["existing"]) == (1, 1)
+    assert await pg_rows(pg, sale_id) == [(1, "fan", "import"), (2, "newcomer", "import")]
+    # now the writer carries the online booking, which is the authority on it
+    engine = quiet.services.engine
+    writer = OrderWriter(engine.redis, quiet.services.pool, engine.keys, block_ms=50)
+    assert await writer.drain() == 1
+    assert await pg_rows(pg, sale_id) == [(online, "fan", "web"), (2, "newcomer", "import")]

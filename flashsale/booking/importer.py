@@ -39,15 +39,19 @@ class ImportReport:
 
 def read_user_ids(path: Path) -> list[str]:
     """The user ids of a list: one a line, or the first column of a CSV; blank lines and a
-    ``user_id`` header are skipped. Every line is checked before anything is imported."""
+    ``user_id`` header (on the first line that is not blank) are skipped, and so is a UTF-8
+    byte-order mark. Every line is checked before anything is imported."""
     users: list[str] = []
-    with path.open(newline="", encoding="utf-8") as f:
+    first = True
+    with path.open(newline="", encoding="utf-8-sig") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or not row[0].strip():
                 continue
             user = row[0].strip()
-            if line_no == 1 and user.lower() in ("user_id", "user"):
+            if first and user.lower() in ("user_id", "user"):
+                first = False
                 continue
+            first = False
             check_user_id(user, f"{path}:{line_no}")
             users.append(user)
     return users

@@ -104,7 +104,7 @@ def _read_list(path: Path) -> list[str]:
 def _summary(report: ImportReport, bookings: int) -> str:
     numbers = ""
     if report.new:
-        numbers = f" (numbers {report.first_new_no}..{report.last_new_no})"
+        numbers = f" (numbered from {report.first_new_no} to {report.last_new_no})"
     return (
         f"imported {report.new:,} new bookings{numbers}, {report.existing:,} already booked, "
         f"{report.refused_full:,} refused (capacity reached); "

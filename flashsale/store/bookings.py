@@ -26,12 +26,16 @@ class BookingRow:
         )  # fmt: skip
 
 
-# A booking is written once: a replayed event or a repeated import changes nothing.
+# A replayed event changes nothing. An import that listed a shopper who had booked online
+# may have stored their booking first (with its own time and source): the online booking's
+# event is the authority on both, so it corrects that row.
 _INSERT = """
 INSERT INTO bookings (sale_id, booking_no, user_id, booked_at, source)
 SELECT s, n, u, to_timestamp(b / 1000.0), src
 FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) AS t(s, n, u, b, src)
-ON CONFLICT DO NOTHING
+ON CONFLICT (sale_id, booking_no) DO UPDATE
+SET booked_at = EXCLUDED.booked_at, source = EXCLUDED.source
+WHERE bookings.user_id = EXCLUDED.user_id AND bookings.source <> EXCLUDED.source
 """
 
 

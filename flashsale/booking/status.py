@@ -11,8 +11,6 @@ from typing import Any
 
 from flashsale.models import Admission, BookingState, iso
 
-MINUTE_MS = 60_000
-
 
 def estimate_wait_s(
     ahead: int, rate_per_s: float, earliest_ms: int, now_ms: int
@@ -32,32 +30,38 @@ def estimate_wait_s(
 
 
 @dataclass(frozen=True, slots=True)
+class Standing:
+    """A booked shopper's state, and for one waiting, their place and wait."""
+
+    state: BookingState
+    ahead: int | None = None  # shoppers before them still waiting; None when not waiting
+    wait_s: int | None = None
+    wait_is_lower_bound: bool = False
+    admitted_until_ms: int | None = None  # the admission window's end, while it is open
+
+
+@dataclass(frozen=True, slots=True)
 class BookingStatus:
     sale_id: str
     user_id: str
     booking_no: int
     admission: Admission
-    state: BookingState
     queue_rank: int | None  # place in the admission order; None until a lottery is drawn
-    ahead: int | None  # shoppers before them still waiting; None when not waiting
-    estimated_wait_s: int | None
-    wait_is_lower_bound: bool = False
-    admitted_until_ms: int | None = None  # the admission window's end, once admitted
+    standing: Standing
 
     def to_json(self) -> dict[str, Any]:
+        s = self.standing
         return {
             "sale_id": self.sale_id,
             "user_id": self.user_id,
             "booking_no": self.booking_no,
             "admission": self.admission.value,
-            "state": self.state.value,
+            "state": s.state.value,
             "queue_rank": self.queue_rank,
-            "position": self.ahead,
-            "estimated_wait_s": self.estimated_wait_s,
-            "wait_is_lower_bound": self.wait_is_lower_bound,
-            "admitted_until": None
-            if self.admitted_until_ms is None
-            else iso(self.admitted_until_ms),
+            "position": s.ahead,
+            "estimated_wait_s": s.wait_s,
+            "wait_is_lower_bound": s.wait_is_lower_bound,
+            "admitted_until": None if s.admitted_until_ms is None else iso(s.admitted_until_ms),
         }
 
 
@@ -69,50 +73,54 @@ class QueueFacts:
     starts_ms: int
     over: bool  # ended or closed
     exhausted: bool  # no public unit left and none reserved: nothing can come back
-    bookings: int
     frontier: int  # ranks admitted so far (before the start: those admitted at the start)
     cursor: int  # ranks below it have had their windows closed
     window_ms: int
     rate_per_s: float
     next_free_ms: int  # the next moment a place can free, 0 when unknown
 
+    def seconds_until(self, ms: int) -> int:
+        return max(0, math.ceil((ms - self.now_ms) / 1000))
 
-def queued_state(
-    facts: QueueFacts, rank: int | None, admitted_ms: int | None, holding: bool
-) -> tuple[BookingState, int | None, tuple[int, bool] | None, int | None]:
-    """(state, ahead, (wait, lower bound) or None, admitted until) of a booked shopper."""
-    f = facts
+
+def queued_standing(
+    f: QueueFacts, rank: int | None, admitted_ms: int | None, holding: bool
+) -> Standing:
+    """Where the shopper of queue ``rank`` stands; ``admitted_ms`` is when their wave was
+    admitted and ``holding`` whether they hold units bought through the queue."""
+    done = BookingState.PURCHASED if holding else BookingState.PASSED
     started = f.now_ms >= f.starts_ms
     if f.over:
-        return (BookingState.PURCHASED if holding else BookingState.PASSED), None, None, None
+        return Standing(done)
     if rank is None:  # a lottery before its draw: nobody knows the order yet
-        return BookingState.WAITING, None, (max(0, f.starts_ms - f.now_ms) // 1000, True), None
+        return Standing(BookingState.WAITING, None, f.seconds_until(f.starts_ms), True)
     if rank <= f.frontier:
-        if not started:
-            return (
-                BookingState.WAITING,
-                0,
-                (math.ceil((f.starts_ms - f.now_ms) / 1000), False),
-                None,
-            )
+        if not started:  # admitted at the opening
+            return Standing(BookingState.WAITING, 0, f.seconds_until(f.starts_ms))
         assert admitted_ms is not None
         until_ms = admitted_ms + f.window_ms
         if rank < f.cursor or f.now_ms >= until_ms:
-            return (BookingState.PURCHASED if holding else BookingState.PASSED), None, None, None
-        return (BookingState.PURCHASED if holding else BookingState.ADMITTED), None, None, until_ms
+            return Standing(done)
+        if holding:
+            return Standing(BookingState.PURCHASED, admitted_until_ms=until_ms)
+        return Standing(BookingState.ADMITTED, admitted_until_ms=until_ms)
     if f.exhausted and started:
-        return BookingState.PASSED, None, None, None
+        return Standing(BookingState.PASSED)
     ahead = rank - f.frontier - 1
-    if not started:  # the first places free when the opening windows close
-        return (
-            BookingState.WAITING,
-            ahead,
-            (math.ceil((f.starts_ms + f.window_ms - f.now_ms) / 1000), True),
-            None,
+    if not started:  # the first places can free when the opening windows close
+        return Standing(
+            BookingState.WAITING, ahead, f.seconds_until(f.starts_ms + f.window_ms), True
         )
-    return (
-        BookingState.WAITING,
-        ahead,
-        estimate_wait_s(ahead, f.rate_per_s, f.next_free_ms, f.now_ms),
-        None,
-    )
+    wait_s, lower_bound = estimate_wait_s(ahead, f.rate_per_s, f.next_free_ms, f.now_ms)
+    return Standing(BookingState.WAITING, ahead, wait_s, lower_bound)
+
+
+def arrival_standing(now_ms: int, starts_ms: int, over: bool, holding: bool) -> Standing:
+    """First come, first served: every booked shopper is admitted when the sale opens."""
+    if holding:
+        return Standing(BookingState.PURCHASED)
+    if over:
+        return Standing(BookingState.PASSED)
+    if now_ms < starts_ms:
+        return Standing(BookingState.WAITING, 0, math.ceil((starts_ms - now_ms) / 1000))
+    return Standing(BookingState.ADMITTED)

@@ -9,10 +9,15 @@ from typing import cast
 
 from flashsale import errors
 from flashsale.booking import lottery
-from flashsale.booking.status import BookingStatus, QueueFacts, queued_state
+from flashsale.booking.status import (
+    BookingStatus,
+    QueueFacts,
+    arrival_standing,
+    queued_standing,
+)
 from flashsale.engine.engine import Engine
 from flashsale.engine.keys import booking_slot
-from flashsale.models import Admission, BookingState
+from flashsale.models import Admission, iso
 
 _BOOK_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "sale_not_found": errors.SaleNotFound,
@@ -107,12 +112,11 @@ class Bookings:
             raise errors.BookingNotFound()
         booking_no, admission = int(raw_no), Admission(f["admission"])
         now_ms = seconds * 1000 + micros // 1000
-        starts_ms, ends_ms = int(f["starts_ms"] or 0), int(f["ends_ms"] or 0)
-        over = f["state"] == "closed" or now_ms >= ends_ms
+        starts_ms = int(f["starts_ms"] or 0)
+        over = f["state"] == "closed" or now_ms >= int(f["ends_ms"] or 0)
+        status = functools.partial(BookingStatus, sale_id, user_id, booking_no, admission)
         if not admission.queued:
-            return self._arrival_status(
-                sale_id, user_id, booking_no, now_ms, starts_ms, over, int(held or 0) > 0
-            )
+            return status(None, arrival_standing(now_ms, starts_ms, over, int(held or 0) > 0))
         bookings = int(f["bookings"] or 0)
         rank: int | None = booking_no
         if admission is Admission.LOTTERY:
@@ -121,7 +125,7 @@ class Bookings:
         facts = QueueFacts(
             now_ms=now_ms, starts_ms=starts_ms, over=over,
             exhausted=int(f["available"] or 0) <= 0 and int(f["reserved"] or 0) <= 0,
-            bookings=bookings, frontier=min(int(f["adm_slots"] or 0), bookings),
+            frontier=min(int(f["adm_slots"] or 0), bookings),
             cursor=int(f["adm_cursor"] or 1), window_ms=int(f["adm_window_s"] or 0) * 1000,
             rate_per_s=float(f["adm_rate"] or 0), next_free_ms=int(f["adm_next_ms"] or 0),
         )  # fmt: skip
@@ -134,40 +138,10 @@ class Bookings:
             holding = bool(bit)
             if wave:
                 admitted_ms = int(str(wave[0]).partition(":")[2])
-        state, ahead, wait, until_ms = queued_state(facts, rank, admitted_ms, holding)
-        return BookingStatus(
-            sale_id=sale_id, user_id=user_id, booking_no=booking_no, admission=admission,
-            state=state, queue_rank=rank, ahead=ahead,
-            estimated_wait_s=None if wait is None else wait[0],
-            wait_is_lower_bound=False if wait is None else wait[1],
-            admitted_until_ms=until_ms,
-        )  # fmt: skip
-
-    @staticmethod
-    def _arrival_status(
-        sale_id: str, user_id: str, booking_no: int, now_ms: int, starts_ms: int, over: bool,
-        holding: bool,
-    ) -> BookingStatus:  # fmt: skip
-        """First come, first served: everyone booked is admitted when the sale opens."""
-        wait: int | None = None
-        if holding:
-            state = BookingState.PURCHASED
-        elif over:
-            state = BookingState.PASSED
-        elif now_ms < starts_ms:
-            state, wait = BookingState.WAITING, -(-(starts_ms - now_ms) // 1000)
-        else:
-            state = BookingState.ADMITTED
-        return BookingStatus(
-            sale_id=sale_id, user_id=user_id, booking_no=booking_no,
-            admission=Admission.ARRIVAL, state=state, queue_rank=None,
-            ahead=0 if state is BookingState.WAITING else None, estimated_wait_s=wait,
-        )  # fmt: skip
+        return status(rank, queued_standing(facts, rank, admitted_ms, holding))
 
 
 def _book_error(result: list[str | int]) -> errors.FlashsaleError:
-    from flashsale.models import iso
-
     word = str(result[0])
     if word == "booking_not_open":
         return errors.BookingNotOpen(f"booking opens at {iso(int(result[1]))}")

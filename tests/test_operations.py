@@ -143,3 +143,17 @@ def test_demo_runs_a_whole_sale(settings: Settings) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
     assert "verdict: all invariants hold" in out.stdout
     assert "orders in PostgreSQL: 100" in out.stdout
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_a_launch_through_the_booking_queue(settings: Settings) -> None:
+    out = subprocess.run(
+        _flashsale("demo", "--admission", "booking_order", "--stock", "50", "--shoppers", "400",
+                   "--concurrency", "50", "--window", "1"),
+        env=flashsale_env(settings), capture_output=True, text=True, timeout=110,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "verdict: all invariants hold" in out.stdout
+    assert "400 bookings taken" in out.stdout
+    assert "all paid after" in out.stdout
+    assert "winners' queue ranks: 1 to " in out.stdout

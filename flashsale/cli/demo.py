@@ -2,7 +2,8 @@
 
 Starts the service in this process on a free port, creates a sale, lets a crowd of simulated
 shoppers (real HTTP, real tokens) buy it out, has most winners pay and some cancel, waits for
-every order to reach PostgreSQL and prints what happened, with the invariants checked.
+every order to reach PostgreSQL and prints what happened, with the invariants checked. With
+``--admission`` the crowd books first and buys through the booking queue (demo_queue.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import aiohttp
 from aiohttp import web
 
 from flashsale.auth import issue_token
+from flashsale.cli.demo_queue import QueueCrowd, run_queue_sale
 from flashsale.http.app import create_app
 from flashsale.settings import Settings
 
@@ -31,8 +33,9 @@ def _free_port() -> int:
 
 
 async def run_demo(
-    settings: Settings, *, stock: int, shoppers: int, concurrency: int, pay_share: float
-) -> int:
+    settings: Settings, *, stock: int, shoppers: int, concurrency: int, pay_share: float,
+    admission: str | None = None, no_show_share: float = 0.1, window_s: int = 2,
+) -> int:  # fmt: skip
     app = create_app(settings)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -43,7 +46,14 @@ async def run_demo(
         async with aiohttp.ClientSession(
             base, connector=aiohttp.TCPConnector(limit=concurrency)
         ) as http:
-            return await _sale(http, settings, stock, shoppers, concurrency, pay_share)
+            if admission is None:
+                return await _sale(http, settings, stock, shoppers, concurrency, pay_share)
+            sale_id, crowd, booked, crowd_s = await run_queue_sale(
+                http, settings, admission=admission, stock=stock, shoppers=shoppers,
+                concurrency=concurrency, pay_share=pay_share, no_show_share=no_show_share,
+                window_s=window_s,
+            )  # fmt: skip
+            return await _queue_report(http, settings, sale_id, crowd, booked, crowd_s, stock)
     finally:
         await runner.cleanup()
 
@@ -135,6 +145,47 @@ async def _sale(
         problems.append("available + reserved + paid != stock")
     if pg["total"] != len(winners) or pg["paid"] != paid or pg["cancelled"] != cancelled:
         problems.append("PostgreSQL does not hold exactly the orders that were answered 201")
+    for problem in problems:
+        print(f"VIOLATION: {problem}")
+    print("verdict: " + ("all invariants hold" if not problems else "FAILED"))
+    return 0 if not problems else 1
+
+
+async def _queue_report(
+    http: aiohttp.ClientSession, settings: Settings, sale_id: str, crowd: QueueCrowd,
+    booked: int, crowd_s: float, stock: int,
+) -> int:  # fmt: skip
+    admin = {"Authorization": f"Bearer {settings.admin_token}"}
+    stats = await _wait_for_postgres(http, admin, sale_id, len(crowd.winners))
+    pg = stats["orders_in_postgres"]
+    sold = f"all paid after {crowd.sold_out_at:.2f}s" if crowd.sold_out_at else "not sold out"
+    print(f"crowd done in {crowd_s:.2f}s; {sold}")
+    print("answers: " + ", ".join(f"{k} {v}" for k, v in crowd.answers.most_common()))
+    if crowd.waited_s:
+        waits = sorted(crowd.waited_s)
+        print(f"{len(waits)} winners waited in the queue first: median "
+              f"{waits[len(waits) // 2]:.1f}s, longest {waits[-1]:.1f}s")  # fmt: skip
+    ranks = sorted(rank for rank, _ in crowd.winners if rank is not None)
+    if ranks:
+        admitted = f"{stats.get('admitted')} of {stats['bookings']} booked"
+        print(f"winners' queue ranks: {ranks[0]} to {ranks[-1]} (admitted: {admitted})")
+    print(f"winners: {crowd.paid} paid, {crowd.cancelled} cancelled (their units passed on)")
+    units = ", ".join(
+        f"{k} {stats[k]}" for k in ("available", "reserved", "paid", "cancelled", "expired")
+    )
+    print(f"stock {stats['stock']}: {units}")
+    print(f"orders in PostgreSQL: {pg['total']} ({pg['paid']} paid, {pg['cancelled']} "
+          f"cancelled); bookings in PostgreSQL: {stats['bookings_in_postgres']}")  # fmt: skip
+    problems = []
+    if stats["paid"] > stock or stats["available"] + stats["reserved"] + stats["paid"] != stock:
+        problems.append("units do not add up to the stock")
+    users = [user for _, user in crowd.winners]
+    if len(users) != len(set(users)):
+        problems.append("a shopper won twice")
+    if pg["total"] != len(crowd.winners) or pg["paid"] != crowd.paid:
+        problems.append("PostgreSQL does not hold exactly the orders that were answered 201")
+    if stats["bookings"] != booked:
+        problems.append("bookings answered 201 and bookings counted differ")
     for problem in problems:
         print(f"VIOLATION: {problem}")
     print("verdict: " + ("all invariants hold" if not problems else "FAILED"))

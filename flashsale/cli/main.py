@@ -67,7 +67,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     try:
         return loop.run_until_complete(
             run_demo(settings, stock=args.stock, shoppers=args.shoppers,
-                     concurrency=args.concurrency, pay_share=args.pay_share)
+                     concurrency=args.concurrency, pay_share=args.pay_share,
+                     admission=args.admission, no_show_share=args.no_show_share,
+                     window_s=args.window)
         )  # fmt: skip
     finally:
         loop.close()
@@ -97,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--concurrency", type=int, default=200)
     demo.add_argument("--pay-share", type=float, default=0.8,
                       help="share of winners who pay (others cancel or let it expire)")  # fmt: skip
+    demo.add_argument("--admission", choices=["arrival", "booking_order", "lottery"],
+                      help="book first, then buy through this booking queue")  # fmt: skip
+    demo.add_argument("--no-show-share", type=float, default=0.1,
+                      help="with --admission: share of booked shoppers who never come")  # fmt: skip
+    demo.add_argument("--window", type=int, default=2,
+                      help="with --admission: seconds an admitted shopper has to buy")  # fmt: skip
     demo.set_defaults(func=cmd_demo)
 
     from flashsale.cli.fcodes import add_fcodes_parser

@@ -42,9 +42,10 @@ from dataclasses import dataclass
 
 WRITER_GROUP = "writers"
 
-# Bookings are spread over this many small hashes. Redis keeps a hash of up to 128 short
-# fields as a compact listpack; at 7.5 million bookings a bucket holds about 57 on average,
-# and stays compact up to about 12 million.
+# Bookings are spread over this many small hashes. Redis keeps a hash of short fields as a
+# compact listpack while it holds at most hash-max-listpack-entries of them (512 by default in
+# Redis 7, 128 in its sample redis.conf). At 7.5 million bookings a bucket holds about 57
+# (at most about 95), so buckets stay compact up to about 12 million bookings even at 128.
 BOOKING_BUCKETS = 1 << 17
 
 

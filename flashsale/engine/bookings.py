@@ -62,7 +62,7 @@ class Bookings:
         k = self.keys.sale(sale_id)
         bucket, field = booking_slot(user_id)
         result = await self.scripts.book(
-            self.redis, [k.sale, k.booking_bucket(bucket), k.events], [field, user_id]
+            self.engine.calls, [k.sale, k.booking_bucket(bucket), k.events], [field, user_id]
         )
         word = result[0]
         if word == "new":

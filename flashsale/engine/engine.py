@@ -12,6 +12,7 @@ from redis.asyncio import Redis
 
 from flashsale import errors
 from flashsale.engine.booking_fields import booking_fields, booking_policy
+from flashsale.engine.coalescer import Coalescer
 from flashsale.engine.keys import Keyspace, SaleKeys, booking_slot
 from flashsale.engine.scripts import Scripts
 from flashsale.engine.sold_out import SoldOutGate
@@ -98,6 +99,8 @@ class Engine:
         fcode_limits: FcodeLimits | None = None,
     ) -> None:
         self.redis = redis
+        # the calls of the hot path (buy, settle, book) share one pipeline per loop tick
+        self.calls = Coalescer(redis)
         self.keys = keyspace
         self.scripts = Scripts()
         self.sold_out = SoldOutGate(sold_out_recheck_s)
@@ -213,7 +216,7 @@ class Engine:
         limits = self._fcode_limits
         bucket, booking_field = booking_slot(user_id)
         result = await self.scripts.buy(
-            self.redis,
+            self.calls,
             [
                 k.sale, k.holders, k.deadlines, k.events, k.order(order_id), idem_key, k.fcodes,
                 k.fcode_failures_of_user(user_id), k.fcode_failures_of_address(client_address),
@@ -273,7 +276,7 @@ class Engine:
             raise errors.OrderNotFound()
         k = self.keys.sale(sale_id)
         result = await self.scripts.settle(
-            self.redis,
+            self.calls,
             [
                 k.sale,
                 k.holders,

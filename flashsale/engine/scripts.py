@@ -11,6 +11,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError
 
+from flashsale.engine.coalescer import Coalescer
+
 
 @dataclass(frozen=True, slots=True)
 class LuaScript:
@@ -27,7 +29,10 @@ class LuaScript:
         return cls(name=name, body=body, sha=hashlib.sha1(body.encode()).hexdigest())
 
     async def __call__(
-        self, redis: Redis, keys: Sequence[str], args: Sequence[str | bytes | int | float]
+        self,
+        redis: Redis | Coalescer,
+        keys: Sequence[str],
+        args: Sequence[str | bytes | int | float],
     ) -> Any:
         try:
             return await redis.evalsha(self.sha, len(keys), *keys, *args)

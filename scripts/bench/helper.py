@@ -1,6 +1,7 @@
 """Small steps of scripts/bench-buy that are easier in Python than in bash.
 
 Run with the project's venv: ``.venv/bin/python scripts/bench/helper.py COMMAND ...``.
+scripts/bench-bookings imports free_port, wait_http, write_tokens and cpu_seconds from here.
 
     free-port                                   print a free TCP port on 127.0.0.1
     wait-http URL SECONDS                       wait until URL answers 200 (exit 1 on timeout)
@@ -29,32 +30,37 @@ import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 
-def free_port() -> None:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        print(s.getsockname()[1])
+        port: int = s.getsockname()[1]
+        return port
 
 
-def wait_http(url: str, seconds: str) -> None:
-    deadline = time.monotonic() + float(seconds)
+def wait_http(url: str, seconds: float, alive: Callable[[], bool] = lambda: True) -> str | None:
+    """Wait until URL answers 200: None then, else the last failure (given up at once when
+    ``alive()`` turns false: the server is gone)."""
+    deadline = time.monotonic() + seconds
     last = "no answer"
     while time.monotonic() < deadline:
+        if not alive():
+            return "the server exited"
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
                 if resp.status == 200:
-                    return
+                    return None
                 last = f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
             last = f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
         except OSError as exc:
             last = str(exc)
         time.sleep(0.1)
-    sys.exit(f"{url} not ready after {seconds}s: {last}")
+    return last
 
 
 def _admin(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:
@@ -87,15 +93,14 @@ def create_sale(base: str, token: str, sale_id: str, stock: str) -> None:
         sys.exit(f"could not create the sale: HTTP {status}: {body}")
 
 
-def mint_tokens(secret: str, count: str, path: str, ttl_s: str) -> None:
+def write_tokens(secret: str, user_ids: Iterable[str], path: str, ttl_s: int) -> None:
+    """A shopper token for each user id, one a line."""
     from flashsale.auth import issue_token
 
-    started = time.perf_counter()
     with open(path, "w") as f:
-        for i in range(int(count)):
-            f.write(issue_token(secret, f"bench-shopper-{i}", ttl_s=int(ttl_s)))
+        for user_id in user_ids:
+            f.write(issue_token(secret, user_id, ttl_s=ttl_s))
             f.write("\n")
-    print(f"minted {count} shopper tokens in {time.perf_counter() - started:.1f}s", flush=True)
 
 
 def drain(base: str, token: str, sale_id: str, seconds: str) -> None:
@@ -151,16 +156,16 @@ def redis_pid(url: str) -> None:
         pass  # a Redis elsewhere (or in another pid namespace)
 
 
-def cpu_seconds(pid: str) -> None:
+def cpu_seconds(pid: int | str) -> float | None:
+    """User + system CPU seconds PID has used; None when it is gone."""
     try:
         with open(f"/proc/{pid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        print("nan")
-        return
+        return None
     # utime and stime are fields 14 and 15 of stat(5); [0] here is field 3
     ticks = int(fields[11]) + int(fields[12])
-    print(f"{ticks / os.sysconf('SC_CLK_TCK'):.2f}")
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 async def _load(url: str, tokens: list[str], seconds: float, connections: int) -> None:
@@ -226,15 +231,39 @@ def load(url: str, token_file: str, seconds: str, connections: str) -> None:
         uvloop.run(coro)
 
 
+# -- the commands that print or exit, for bench-buy ---------------------------------------------
+
+
+def free_port_command() -> None:
+    print(free_port())
+
+
+def wait_http_command(url: str, seconds: str) -> None:
+    last = wait_http(url, float(seconds))
+    if last is not None:
+        sys.exit(f"{url} not ready after {seconds}s: {last}")
+
+
+def mint_tokens(secret: str, count: str, path: str, ttl_s: str) -> None:
+    started = time.perf_counter()
+    write_tokens(secret, (f"bench-shopper-{i}" for i in range(int(count))), path, int(ttl_s))
+    print(f"minted {count} shopper tokens in {time.perf_counter() - started:.1f}s", flush=True)
+
+
+def cpu_seconds_command(pid: str) -> None:
+    seconds = cpu_seconds(pid)
+    print("nan" if seconds is None else f"{seconds:.2f}")
+
+
 COMMANDS: dict[str, Callable[..., None]] = {
-    "free-port": free_port,
-    "wait-http": wait_http,
+    "free-port": free_port_command,
+    "wait-http": wait_http_command,
     "create-sale": create_sale,
     "mint-tokens": mint_tokens,
     "drain": drain,
     "cleanup-redis": cleanup_redis,
     "redis-pid": redis_pid,
-    "cpu-seconds": cpu_seconds,
+    "cpu-seconds": cpu_seconds_command,
     "load": load,
 }
 

@@ -6,7 +6,6 @@ import asyncio
 import csv
 import io
 import json
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,22 +19,13 @@ from flashsale.booking.lottery import Draw
 from flashsale.settings import Settings
 from flashsale.store.writer import OrderWriter
 from tests.conftest import ServiceFactory
-from tests.helpers import Service, flashsale_env, gather_limited
+from tests.helpers import Service, gather_limited, run_flashsale
 
 EXPORT_HEADER = "booking_no,user_id,booked_at,source,queue_rank"
 
 
 async def cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flashsale", "bookings", *args,
-        env=flashsale_env(settings),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_flashsale(settings, "bookings", *args)
 
 
 async def import_json(settings: Settings, sale_id: str, path: Path, *extra: str) -> dict[str, Any]:

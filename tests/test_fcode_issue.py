@@ -8,7 +8,6 @@ import hashlib
 import json
 import re
 import stat
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,22 +17,13 @@ from redis.asyncio import Redis
 
 from flashsale.fcodes import codes
 from flashsale.settings import Settings
-from tests.helpers import Service, flashsale_env
+from tests.helpers import Service, run_flashsale
 
 N = 2000
 
 
 async def fcodes_cli(settings: Settings, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flashsale", "fcodes", *args,
-        env=flashsale_env(settings),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await run_flashsale(settings, "fcodes", *args)
 
 
 def read_csv(path: Path) -> list[dict[str, str]]:

@@ -131,10 +131,7 @@ async def _sale(
           f"({len(winners) / sellout_s:.0f} buys/s)")  # fmt: skip
     print("answers: " + ", ".join(f"{k} {v}" for k, v in answers.most_common()))
     print(f"winners: {paid} paid, {cancelled} cancelled (their units are back on sale)")
-    units = ", ".join(
-        f"{k} {stats[k]}" for k in ("available", "reserved", "paid", "cancelled", "expired")
-    )
-    print(f"stock {stats['stock']}: {units}")
+    _print_units(stats)
     print(f"orders in PostgreSQL: {pg['total']} ({pg['paid']} paid, {pg['cancelled']} cancelled, "
           f"{pg['reserved']} reserved)")  # fmt: skip
 
@@ -145,10 +142,7 @@ async def _sale(
         problems.append("available + reserved + paid != stock")
     if pg["total"] != len(winners) or pg["paid"] != paid or pg["cancelled"] != cancelled:
         problems.append("PostgreSQL does not hold exactly the orders that were answered 201")
-    for problem in problems:
-        print(f"VIOLATION: {problem}")
-    print("verdict: " + ("all invariants hold" if not problems else "FAILED"))
-    return 0 if not problems else 1
+    return _verdict(problems)
 
 
 async def _queue_report(
@@ -170,10 +164,7 @@ async def _queue_report(
         admitted = f"{stats.get('admitted')} of {stats['bookings']} booked"
         print(f"winners' queue ranks: {ranks[0]} to {ranks[-1]} (admitted: {admitted})")
     print(f"winners: {crowd.paid} paid, {crowd.cancelled} cancelled (their units passed on)")
-    units = ", ".join(
-        f"{k} {stats[k]}" for k in ("available", "reserved", "paid", "cancelled", "expired")
-    )
-    print(f"stock {stats['stock']}: {units}")
+    _print_units(stats)
     print(f"orders in PostgreSQL: {pg['total']} ({pg['paid']} paid, {pg['cancelled']} "
           f"cancelled); bookings in PostgreSQL: {stats['bookings_in_postgres']}")  # fmt: skip
     problems = []
@@ -186,6 +177,17 @@ async def _queue_report(
         problems.append("PostgreSQL does not hold exactly the orders that were answered 201")
     if stats["bookings"] != booked:
         problems.append("bookings answered 201 and bookings counted differ")
+    return _verdict(problems)
+
+
+def _print_units(stats: dict[str, Any]) -> None:
+    units = ", ".join(
+        f"{k} {stats[k]}" for k in ("available", "reserved", "paid", "cancelled", "expired")
+    )
+    print(f"stock {stats['stock']}: {units}")
+
+
+def _verdict(problems: list[str]) -> int:
     for problem in problems:
         print(f"VIOLATION: {problem}")
     print("verdict: " + ("all invariants hold" if not problems else "FAILED"))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import hmac
 import time
+from typing import Any
 
 import jwt
+import orjson
 
 from flashsale.errors import Unauthorized
 
-_ALGORITHMS = ["HS256"]  # pinned: "none" and every other algorithm are refused
 _MAX_TOKEN_CHARS = 2048
 _MAX_USER_ID_CHARS = 128
 
@@ -28,12 +32,65 @@ def _bearer(header: str | None) -> str:
     return token.strip()
 
 
+def _b64url(segment: str) -> bytes:
+    return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+class HS256Verifier:
+    """Checks a compact HS256 JWT and returns its claims; anything else raises Unauthorized.
+
+    Written out rather than calling PyJWT's decode, which costs about 57 µs a token here (a
+    third of a launch request, when every request is a new shopper): this is the same check
+    (signature first, then algorithm, ``exp``, ``nbf``, ``iat``) in about 5 µs. PyJWT still
+    issues tokens, and the tests hold this verifier to PyJWT's tokens and to forged ones.
+    """
+
+    def __init__(self, secret: str) -> None:
+        self._mac = hmac.new(secret.encode(), digestmod=hashlib.sha256)
+
+    def claims(self, token: str, now: float) -> dict[str, Any]:
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Unauthorized("invalid token: not a JWT")
+        header_b64, payload_b64, signature_b64 = parts
+        mac = self._mac.copy()
+        mac.update(f"{header_b64}.{payload_b64}".encode())
+        try:
+            signature = _b64url(signature_b64)
+            valid = hmac.compare_digest(mac.digest(), signature)
+            header = orjson.loads(_b64url(header_b64)) if valid else None
+            payload = orjson.loads(_b64url(payload_b64)) if valid else None
+        except (ValueError, binascii.Error, UnicodeEncodeError):  # orjson's error is a ValueError
+            raise Unauthorized("invalid token: not a JWT") from None
+        if not valid:
+            raise Unauthorized("invalid token: signature verification failed")
+        if not isinstance(header, dict) or header.get("alg") != "HS256" or "crit" in header:
+            raise Unauthorized("invalid token: the algorithm must be HS256")
+        if not isinstance(payload, dict):
+            raise Unauthorized("invalid token: the payload must be a JSON object")
+        exp = payload.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise Unauthorized("invalid token: 'exp' must be a number")
+        if now >= exp:
+            raise Unauthorized("token expired")
+        for name in ("nbf", "iat"):
+            if name in payload and not _number(payload[name]):
+                raise Unauthorized(f"invalid token: '{name}' must be a number")
+        if "nbf" in payload and now < payload["nbf"]:
+            raise Unauthorized("invalid token: the token is not yet valid (nbf)")
+        return payload
+
+
 class ShopperAuth:
     """Verifies shopper tokens. Decoded tokens are remembered until they expire, so a shopper
     hammering the buy button costs one signature check, not one per click."""
 
     def __init__(self, secret: str, *, cache_size: int = 100_000) -> None:
-        self._secret = secret
+        self._verifier = HS256Verifier(secret)
         self._cache: dict[str, tuple[str, float]] = {}
         self._cache_size = cache_size
 
@@ -47,21 +104,14 @@ class ShopperAuth:
             del self._cache[token]
         if len(token) > _MAX_TOKEN_CHARS:
             raise Unauthorized("token too large")
-        try:
-            claims = jwt.decode(
-                token, self._secret, algorithms=_ALGORITHMS, options={"require": ["sub", "exp"]}
-            )
-        except jwt.ExpiredSignatureError:
-            raise Unauthorized("token expired") from None
-        except jwt.InvalidTokenError as exc:
-            raise Unauthorized(f"invalid token: {exc}") from None
-        user_id = claims["sub"]
-        if not isinstance(user_id, str) or not 0 < len(user_id) <= _MAX_USER_ID_CHARS:
+        claims = self._verifier.claims(token, time.time())
+        sub = claims.get("sub")
+        if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_USER_ID_CHARS:
             raise Unauthorized("invalid token: 'sub' must be a non-empty string")
         if len(self._cache) >= self._cache_size:
             self._cache.clear()  # crude but bounded; a re-check costs only a signature
-        self._cache[token] = (user_id, float(claims["exp"]))
-        return user_id
+        self._cache[token] = (sub, float(claims["exp"]))
+        return sub
 
 
 class AdminAuth:

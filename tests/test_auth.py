@@ -211,3 +211,43 @@ async def test_a_remembered_token_still_expires(service: Service) -> None:
     assert (await service.call("POST", path, headers=headers)).status == 201
     await asyncio.sleep(exp - time.time() + 0.05)
     assert_unauthorized(await service.call("POST", path, headers=headers), "expired while cached")
+
+
+def test_the_verifier_agrees_with_pyjwt() -> None:
+    """The service's own HS256 check accepts what PyJWT accepts, with the same claims, and
+    refuses what PyJWT refuses."""
+    from flashsale.auth import HS256Verifier
+    from flashsale.errors import Unauthorized
+
+    secret = "verifier-secret-of-at-least-32-bytes-012345"
+    verifier = HS256Verifier(secret)
+    now = int(time.time())
+    good = [
+        jwt.encode(claims(sub="ann"), secret, algorithm="HS256"),
+        jwt.encode(claims(sub="ünïcödé", nbf=now - 5, extra={"a": [1, 2]}), secret, "HS256"),
+        jwt.encode(claims(sub="kid", exp=now + 1.5), secret, "HS256", headers={"kid": "k1"}),
+    ]
+    for token in good:
+        expected = jwt.decode(token, secret, algorithms=["HS256"])
+        assert verifier.claims(token, time.time()) == expected
+    bad = [
+        *refused_tokens(secret).values(),
+        craft(claims(iat="yesterday"), secret),
+        jwt.encode(claims(), secret, "HS256", headers={"crit": ["exp"]}),
+        "é.é.é",
+        "..",
+    ]
+    for token in bad:
+        try:
+            jwt.decode(token, secret, algorithms=["HS256"], options={"require": ["sub", "exp"]})
+            pyjwt_accepts = True
+        except jwt.InvalidTokenError:
+            pyjwt_accepts = False
+        try:
+            ours = verifier.claims(token, time.time())
+        except Unauthorized:
+            ours = None
+        # a bad "sub" is ShopperAuth's to refuse (tested above through the service), not this
+        sub_ok = ours is not None and isinstance(ours.get("sub"), str) and len(ours["sub"]) > 0
+        if sub_ok:
+            assert pyjwt_accepts, token

@@ -7,9 +7,11 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from redis.asyncio import Redis
 
@@ -157,3 +159,39 @@ def test_demo_runs_a_launch_through_the_booking_queue(settings: Settings) -> Non
     assert "400 bookings taken" in out.stdout
     assert "all paid after" in out.stdout
     assert "winners' queue ranks: 1 to " in out.stdout
+
+
+async def test_serve_workers_share_one_port(settings: Settings) -> None:
+    """Two workers on one port, in a database that does not exist yet (both race to create
+    it); both answer, and SIGTERM stops the whole group cleanly."""
+    fresh = settings.database_url.rsplit("/", 1)[0] + f"/{settings.key_prefix}_workers"
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"),
+        env=flashsale_env(replace(settings, database_url=fresh)),
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 60
+        async with aiohttp.ClientSession() as http:
+            while len(pids) < 2 and time.monotonic() < deadline:
+                try:  # a new connection each time: the kernel spreads them over the workers
+                    async with http.get(f"http://127.0.0.1:{port}/healthz",
+                                        headers={"Connection": "close"}) as resp:  # fmt: skip
+                        if resp.status == 200:
+                            pids.add((await resp.json())["pid"])
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+        assert len(pids) == 2, pids
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+        server = settings.database_url.rsplit("/", 1)[0] + "/postgres"
+        conn = await asyncpg.connect(server)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{fresh.rsplit("/", 1)[1]}" WITH (FORCE)')
+        finally:
+            await conn.close()
+    assert proc.returncode == 0, err.decode()
+    assert b"starting another" not in err, err.decode()

@@ -13,26 +13,20 @@ from flashsale.settings import Settings, SettingsError
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency, but not on every platform
-        return asyncio.new_event_loop()
-    return uvloop.new_event_loop()
+    from flashsale.cli.serve import new_event_loop
+
+    return new_event_loop()
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from aiohttp import web
+    from flashsale.cli.serve import serve_one, serve_workers
 
-    from flashsale.http.app import create_app
-
-    web.run_app(
-        create_app(settings),
-        host=args.host,
-        port=args.port,
-        loop=_new_event_loop(),
-        access_log=None,
-        print=lambda *_: None,
-    )
+    if args.workers < 1:
+        print("flashsale: --workers must be at least 1", file=sys.stderr)
+        return 2
+    if args.workers > 1:
+        return serve_workers(settings, args.host, args.port, args.workers, args.verbose)
+    serve_one(settings, args.host, args.port, verbose=args.verbose)
     return 0
 
 
@@ -83,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="serve the HTTP API (with the order writer and sweeper)")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
+    serve.add_argument("--workers", type=int, default=1,
+                       help="processes sharing the port (SO_REUSEPORT); one a core")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     writer = sub.add_parser("writer", help="run the Redis-to-PostgreSQL order writer alone")

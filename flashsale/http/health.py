@@ -1,8 +1,10 @@
-"""``GET /healthz``: 200 when Redis and PostgreSQL both answer, 503 otherwise."""
+"""``GET /healthz``: 200 when Redis and PostgreSQL both answer, 503 otherwise; with the
+answering process's pid, to tell the workers of ``serve --workers`` apart."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 
 from aiohttp import web
 
@@ -26,5 +28,5 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["postgres"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
-    return json_response({"status": "ok" if healthy else "unavailable", **checks},
-                         status=200 if healthy else 503)  # fmt: skip
+    body = {"status": "ok" if healthy else "unavailable", **checks, "pid": os.getpid()}
+    return json_response(body, status=200 if healthy else 503)

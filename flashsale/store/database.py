@@ -30,8 +30,8 @@ async def ensure_database(url: str) -> None:
             ident = '"' + name.replace('"', '""') + '"'
             await admin.execute(f"CREATE DATABASE {ident}")
             log.info("created database %s", name)
-        except asyncpg.DuplicateDatabaseError:
-            pass  # another process won the race
+        except (asyncpg.DuplicateDatabaseError, asyncpg.UniqueViolationError):
+            pass  # another process won the race (caught in the catalog, the second error)
         finally:
             await admin.close()
     else:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -70,7 +71,7 @@ async def test_interrupted_create_is_completed_by_repeating_it(service: Service)
 async def test_healthz(service: Service) -> None:
     reply = await service.call("GET", "/healthz")
     assert reply.status == 200
-    assert reply.body == {"status": "ok", "redis": "ok", "postgres": "ok"}
+    assert reply.body == {"status": "ok", "redis": "ok", "postgres": "ok", "pid": os.getpid()}
 
 
 async def test_token_command_prints_an_accepted_token(service: Service, settings: Settings) -> None:

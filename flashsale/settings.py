@@ -85,6 +85,9 @@ class Settings:
     fcode_failure_window_s: int = 60
     run_writer: bool = True
     run_sweeper: bool = True
+    # The hot path's Redis connection: "lean" (flashsale/engine/wire.py, asyncio + hiredis) or
+    # "redis-py" (its pooled connections); everything else always uses redis-py.
+    redis_client: str = "lean"
 
     @property
     def fcode_key(self) -> bytes:
@@ -109,6 +112,11 @@ class Settings:
         if not prefix or any(c in prefix for c in "{}: \t\n"):
             raise SettingsError(
                 "FLASHSALE_KEY_PREFIX must be non-empty, without braces, colons or spaces"
+            )
+        client = env("FLASHSALE_REDIS_CLIENT", defaults.redis_client)
+        if client not in ("lean", "redis-py"):
+            raise SettingsError(
+                f"FLASHSALE_REDIS_CLIENT must be 'lean' or 'redis-py', got {client!r}"
             )
         secret = env("FLASHSALE_TOKEN_SECRET") or defaults.token_secret
         if len(secret.encode()) < 32:
@@ -154,4 +162,5 @@ class Settings:
             ),
             run_writer=env("FLASHSALE_RUN_WRITER", "1") not in ("0", "false", "no"),
             run_sweeper=env("FLASHSALE_RUN_SWEEPER", "1") not in ("0", "false", "no"),
+            redis_client=client,
         )

@@ -7,9 +7,10 @@ them as one non-transactional pipeline on one connection, pays that cost once pe
 three times more calls per CPU second here (BENCHMARKS.md). Each caller still gets its own
 reply or its own error; a quiet process sends single calls with one tick of added latency.
 
-The batch is packed by hiredis (C) and written to one of redis-py's pooled connections; the
-replies are read back with redis-py's parser. (redis-py's own pipeline packs every argument in
-Python, which cost more than the rest of the call.) Every script flashsale sends is idempotent
+The batch is packed by hiredis (C) and sent on a lean connection of its own (wire.py), or,
+with ``FLASHSALE_REDIS_CLIENT=redis-py``, written to one of redis-py's pooled connections and
+read back with redis-py's parser. (redis-py's own pipeline packs every argument in Python,
+which cost more than the rest of the call.) Every script flashsale sends is idempotent
 by request, so a batch whose connection broke is sent once more on a fresh connection. On Redis
 Cluster a batch would have to be split by slot; today one batch goes to one server.
 """
@@ -23,14 +24,17 @@ import hiredis
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError, TimeoutError
 
+from flashsale.engine.wire import Wire
+
 Command = tuple[Any, ...]
 
 
 class Coalescer:
     """Sends EVALSHA calls through one pipeline per event-loop tick."""
 
-    def __init__(self, redis: Redis, *, max_batch: int = 1000) -> None:
+    def __init__(self, redis: Redis, *, wire: Wire | None = None, max_batch: int = 1000) -> None:
         self.redis = redis
+        self.wire = wire  # None: batches go through redis-py's pooled connections
         self.max_batch = max_batch
         self._pending: list[tuple[Command, asyncio.Future[Any]]] = []
         self._flush_scheduled = False
@@ -87,8 +91,10 @@ class Coalescer:
                 future.set_result(reply)
 
     async def _round_trip(self, packed: bytes, count: int) -> list[Any]:
-        """Write a packed batch on one pooled connection and read its ``count`` replies; an
-        error reply is returned in its place, not raised."""
+        """Write a packed batch and read its ``count`` replies; an error reply is returned in
+        its place, not raised."""
+        if self.wire is not None:
+            return await self.wire.send(packed, count)
         pool = self.redis.connection_pool
         connection = await pool.get_connection()  # type: ignore[no-untyped-call]
         try:

@@ -16,6 +16,7 @@ from flashsale.engine.coalescer import Coalescer
 from flashsale.engine.keys import Keyspace, SaleKeys, booking_slot
 from flashsale.engine.scripts import Scripts
 from flashsale.engine.sold_out import SoldOutGate
+from flashsale.engine.wire import Wire
 from flashsale.ids import new_order_id, sale_of_order
 from flashsale.models import (
     Order,
@@ -97,10 +98,11 @@ class Engine:
         sold_out_recheck_s: float,
         idempotency_ttl_s: int,
         fcode_limits: FcodeLimits | None = None,
+        wire: Wire | None = None,
     ) -> None:
         self.redis = redis
         # the calls of the hot path (buy, settle, book) share one pipeline per loop tick
-        self.calls = Coalescer(redis)
+        self.calls = Coalescer(redis, wire=wire)
         self.keys = keyspace
         self.scripts = Scripts()
         self.sold_out = SoldOutGate(sold_out_recheck_s)

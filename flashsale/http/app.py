@@ -17,6 +17,7 @@ from flashsale.engine.connection import connect_redis
 from flashsale.engine.engine import Engine, FcodeLimits
 from flashsale.engine.keys import Keyspace
 from flashsale.engine.sweeper import Sweeper
+from flashsale.engine.wire import Wire
 from flashsale.http.middlewares import errors_middleware
 from flashsale.http.routes import setup_routes
 from flashsale.http.services import SERVICES, Services
@@ -43,6 +44,7 @@ def create_app(settings: Settings) -> web.Application:
 def _services_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         redis = connect_redis(settings)
+        wire = Wire(settings.redis_url) if settings.redis_client == "lean" else None
         pool = await open_pool(
             settings.database_url,
             min_size=settings.pg_min_connections,
@@ -58,6 +60,7 @@ def _services_ctx(settings: Settings) -> Any:
                 per_address=settings.fcode_failures_per_address,
                 window_s=settings.fcode_failure_window_s,
             ),
+            wire=wire,
         )
         committer = GroupCommitter(pool) if settings.confirm_mode is ConfirmMode.POSTGRES else None
         app[SERVICES] = Services(
@@ -72,6 +75,8 @@ def _services_ctx(settings: Settings) -> Any:
         )
         yield
         await pool.close()
+        if wire is not None:
+            await wire.close()
         await redis.aclose()
 
     return ctx

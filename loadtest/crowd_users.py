@@ -1,0 +1,281 @@
+"""The launch crowd: booked shoppers, F-code holders and late arrivals; the winners pay.
+
+Each user is a sequence of shoppers: it takes an identity, acts as that shopper until the
+shopper is done (won and paid or never paid, refused for good, or gave up), then takes the
+next. Winners pay a moment after their 201, at the checkout, while the user goes on with the
+next shopper: a winner's payment does not hold back the crowd, and no pool of payers falls
+behind the buyers (leaving orders unpaid for want of payers rather than of shoppers). Every
+answer is judged by checks.py; correct
+refusals count as successes, anything else as a failure.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+import gevent
+from locust import task
+from locust.contrib.fasthttp import FastHttpUser
+
+from loadtest import checks
+from loadtest.context import Crowd, crowd
+from loadtest.pools import BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, Identity
+from loadtest.records import BOOKING, BUY, PAY, SALE
+
+MAX_FAILED_TRIES = 3  # a shopper whose requests fail gives up after this many
+
+
+class Shopper(FastHttpUser):
+    abstract = True
+    network_timeout = 30.0
+    connection_timeout = 10.0
+    role = "shopper"
+
+    def on_start(self) -> None:
+        self.crowd: Crowd = crowd()
+        # a worker learns its index from the master only after connecting
+        self.crowd.process_index = max(0, getattr(self.environment.runner, "worker_index", 0))
+        self.plan = self.crowd.plan
+        self.identity: Identity | None = None
+        self.pause = 0.0
+        self.retry_after: float | None = None  # the last answer's Retry-After
+
+    def wait_time(self) -> float:
+        return self.pause
+
+    def sleep_until(self, moment: float) -> None:
+        gevent.sleep(max(0.0, moment - time.time()))
+
+    def send(
+        self, method: str, path: str, name: str, judge: Any, role: str | None = None, **kwargs: Any
+    ) -> checks.Judgement:
+        """One request, judged; the answer is tallied and Locust told success or failure."""
+        with self.client.request(method, path, name=name, catch_response=True, **kwargs) as resp:
+            error = getattr(resp, "error", None)
+            judgement: checks.Judgement = judge(resp.status_code, resp.content, error=error)
+            if judgement.ok:
+                resp.success()
+            else:
+                resp.failure(judgement.problem)
+            self.retry_after = _retry_after(resp)
+        self.crowd.recorder.answer(name, role or self.role, judgement.answer, judgement.problem)
+        return judgement
+
+    def won(self, judgement: checks.Judgement, lane: str) -> None:
+        """A 201: record the order; this shopper is done buying. Most winners pay a moment
+        later (entering payment details) while the next shopper already comes; the others
+        never pay (their units stay reserved)."""
+        assert self.identity is not None
+        assert judgement.body is not None
+        order_id = judgement.body["order"]["order_id"]
+        self.crowd.recorder.order("reserved", order_id, self.identity.user, lane)
+        if random.random() < self.plan.pay_share:
+            checkout = gevent.spawn_later(
+                random.uniform(0.2, 1.5), self.pay, self.identity, order_id, lane, self.role
+            )
+            self.crowd.checkouts.add(checkout)
+        self.identity = None
+
+    def pay(self, identity: Identity, order_id: str, lane: str, role: str) -> None:
+        """At the checkout: pay; a failed payment is tried again a few times."""
+
+        def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
+            return checks.judge_pay(status, content, order_id=order_id, error=error)
+
+        for _ in range(MAX_FAILED_TRIES):
+            path = f"/v1/orders/{order_id}/pay"
+            j = self.send("POST", path, PAY, judge, role=role, headers=identity.headers)
+            if j.answer == "200" and j.ok:
+                self.crowd.recorder.order("paid", order_id, identity.user, lane)
+            if j.ok:
+                return
+            gevent.sleep(0.5)
+
+
+def _retry_after(resp: Any) -> float | None:
+    headers = getattr(resp, "headers", None)
+    value = headers.get("Retry-After") if headers else None
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+class BookedShopper(Shopper):
+    """Booked fans at the opening second: buy, and in a queued sale wait their turn."""
+
+    weight = 9
+    role = "booked"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.booked = True
+        self.tries_left = self.failed_tries = 0
+        self.waiting_in_queue = False
+        self.sleep_until(self.plan.opens_at + random.uniform(-0.3, 0.2))  # a few click early
+
+    def next_shopper(self) -> None:
+        walk_in = random.random() < self.plan.walk_in_share
+        self.identity = self.crowd.pool(WALK_INS if walk_in else BUYERS).take()
+        self.booked = not walk_in
+        self.role = "walk-in" if walk_in else "booked"
+        self.tries_left = 1 + self.plan.sold_out_retries
+        self.failed_tries = 0
+        self.waiting_in_queue = False
+
+    @task
+    def act(self) -> None:
+        if self.identity is None:
+            self.next_shopper()
+            if self.identity is None:  # an empty pool: nobody left to send
+                self.pause = 1.0
+                return
+        if self.waiting_in_queue:
+            self.look_at_queue()
+        else:
+            self.buy()
+
+    def buy(self) -> None:
+        assert self.identity is not None
+        identity, booked = self.identity, self.booked
+
+        def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
+            return checks.judge_buy(
+                status,
+                content,
+                user=identity.user,
+                booked=booked,
+                queued_sale=self.plan.queued,
+                error=error,
+            )
+
+        path = f"/v1/sales/{self.plan.sale_id}/buy"
+        j = self.send("POST", path, BUY, judge, json={}, headers=identity.headers)
+        code = (j.body or {}).get("error")
+        self.pause = 0.0
+        if j.answer == "201" and j.ok:
+            if random.random() < self.plan.double_click_share:
+                self.click_again(path, judge)
+            self.won(j, "public")
+        elif j.answer == "202 queued":
+            self.waiting_in_queue = True
+            self.pause = min(self.retry_after or 1.0, self.plan.poll_interval_s)
+        elif code == "sale_not_open":
+            self.pause = random.uniform(0.05, 0.2)  # hammering the button before the start
+        elif code == "sold_out" or not j.ok:
+            if code == "sold_out":
+                self.tries_left -= 1
+            else:
+                self.failed_tries += 1
+            if self.tries_left <= 0 or self.failed_tries >= MAX_FAILED_TRIES:
+                self.identity = None
+            self.pause = random.uniform(0.2, 0.5)  # refreshing the page
+        else:  # limit_reached, booking_required, admission_passed, sale_ended: done
+            self.identity = None
+
+    def click_again(self, path: str, judge: Any) -> None:
+        """The winner presses buy again: with a limit of 1 only limit_reached is right."""
+        assert self.identity is not None
+        user = self.identity.user
+        j = self.send("POST", path, BUY, judge, json={}, headers=self.identity.headers)
+        if j.answer == "201" and j.body is not None:  # recorded: the verdict sees the excess
+            self.crowd.recorder.order("reserved", j.body["order"]["order_id"], user, "public")
+
+    def look_at_queue(self) -> None:
+        assert self.identity is not None
+        path = f"/v1/sales/{self.plan.sale_id}/bookings/me"
+        j = self.send("GET", path, BOOKING, checks.judge_booking, headers=self.identity.headers)
+        booking = (j.body or {}).get("booking") or {}
+        state = booking.get("state")
+        if state == "admitted":
+            self.waiting_in_queue, self.pause = False, 0.0
+        elif state == "waiting" or not j.ok:
+            wait = booking.get("estimated_wait_s")
+            wait = wait if isinstance(wait, int | float) and wait > 0 else 1.0
+            self.pause = min(float(wait), self.plan.poll_interval_s)
+        else:  # purchased or passed: nothing more for this shopper
+            self.identity = None
+
+
+class FcodeHolder(Shopper):
+    """Holders of a priority code, one code each; they skip the queue."""
+
+    fixed_count = 1  # set from the plan when Locust initialises
+    role = "fcode"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.failed_tries = 0
+        self.sleep_until(self.plan.opens_at + random.uniform(-0.2, 0.3))
+
+    @task
+    def act(self) -> None:
+        if self.identity is None:
+            self.identity = self.crowd.pool(FCODE_HOLDERS).take()
+            self.failed_tries = 0
+            if self.identity is None:  # every code has been tried
+                self.pause = 5.0
+                return
+        identity = self.identity
+
+        def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
+            return checks.judge_buy(
+                status,
+                content,
+                user=identity.user,
+                booked=False,
+                queued_sale=self.plan.queued,
+                campaign=self.plan.campaign,
+                error=error,
+            )
+
+        path = f"/v1/sales/{self.plan.sale_id}/buy"
+        j = self.send(
+            "POST", path, BUY, judge, json={"fcode": identity.code}, headers=identity.headers
+        )
+        code = (j.body or {}).get("error")
+        self.pause = 0.0
+        if j.answer == "201" and j.ok:
+            self.won(j, "fcode")
+        elif code == "sale_not_open":
+            self.pause = random.uniform(0.05, 0.2)
+        elif not j.ok:
+            self.failed_tries += 1
+            self.pause = random.uniform(0.2, 0.5)
+            if self.failed_tries >= MAX_FAILED_TRIES:
+                self.identity = None
+        else:  # sold_out (the code stays unused), fcode_used, throttled, ended
+            self.identity = None
+
+
+class LateArrival(Shopper):
+    """Booked fans who come after the opening and watch the sale and their booking."""
+
+    weight = 1
+    role = "late"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.looks_left = 0
+        self.sleep_until(self.plan.opens_at + random.uniform(0.5, 3.0))
+
+    @task
+    def look(self) -> None:
+        if self.identity is None or self.looks_left <= 0:
+            self.identity = self.crowd.pool(POLLERS).take()
+            self.looks_left = random.randint(2, 6)
+            if self.identity is None:
+                self.pause = 1.0
+                return
+        self.looks_left -= 1
+        sale_id = self.plan.sale_id
+
+        def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
+            return checks.judge_sale(status, content, sale_id=sale_id, error=error)
+
+        self.send("GET", f"/v1/sales/{sale_id}", SALE, judge, headers=self.identity.headers)
+        path = f"/v1/sales/{sale_id}/bookings/me"
+        self.send("GET", path, BOOKING, checks.judge_booking, headers=self.identity.headers)
+        self.pause = self.plan.poll_interval_s * random.uniform(0.5, 1.5)

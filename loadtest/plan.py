@@ -1,0 +1,47 @@
+"""The plan of one rehearsal: what the driver set up and how the crowd behaves.
+
+The driver writes it as JSON; every Locust process (local, master or worker) reads it from the
+path given with ``--plan``. One file instead of a dozen Locust options keeps the master and its
+workers in agreement: they all read the same file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Plan:
+    base_url: str
+    sale_id: str
+    stock: int
+    per_user_limit: int
+    admission: str  # arrival, booking_order or lottery
+    opens_at: float  # epoch seconds of the sale's start: the opening second
+    campaign: str  # the F-code campaign
+    pool_dir: str  # identity files written by the driver (pools.py reads them)
+    record_dir: str  # where each Locust process writes what it saw (records.py)
+    locust_processes: int  # processes that take identities (1 locally, N workers)
+    users: int  # the whole crowd, at full strength
+    fcode_users: int  # of which hold F-codes (fixed count)
+    ramp_s: float  # from none to the whole crowd
+    drain_s: float  # the crowd stays this long after the sell-out (payments, late arrivals)
+    max_s: float  # stop here even if the sale has not sold out
+    pay_share: float  # share of winners who pay; the others never do
+    double_click_share: float  # share of winners who press buy again (limit_reached expected)
+    walk_in_share: float  # share of attempts by unbooked shoppers (booking_required expected)
+    sold_out_retries: int  # a shopper told sold_out tries this many more times
+    poll_interval_s: float  # how often late arrivals and queued shoppers look again
+
+    @property
+    def queued(self) -> bool:
+        return self.admission != "arrival"
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> Plan:
+        return cls(**json.loads(Path(path).read_text()))

@@ -1,0 +1,5 @@
+import sys
+
+from loadtest.rehearsal.driver import main
+
+sys.exit(main())

@@ -17,6 +17,7 @@ import pytest
 from flashsale import errors
 from flashsale.booking.lottery import Draw
 from flashsale.settings import Settings
+from flashsale.store.bookings import BookingRow, insert_bookings
 from flashsale.store.writer import OrderWriter
 from tests.conftest import ServiceFactory
 from tests.helpers import Service, gather_limited, run_flashsale
@@ -375,3 +376,23 @@ async def test_an_online_booking_listed_by_a_partner_stays_online(
     writer = OrderWriter(engine.redis, quiet.services.pool, engine.keys, block_ms=50)
     assert await writer.drain() == 1
     assert await pg_rows(pg, sale_id) == [(online, "fan", "web"), (2, "newcomer", "import")]
+
+
+async def test_the_kept_count_matches_the_rows(
+    service: Service, settings: Settings, pg: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The stats read a kept count, not a scan: repeats, replays and online bookings must
+    leave it equal to the rows."""
+    sale_id = await booking_sale(service)
+    path = write_list(tmp_path / "l.txt", [f"k{i}" for i in range(700)])
+    await import_json(settings, sale_id, path, "--batch", "300")
+    await import_json(settings, sale_id, path)  # a repeat adds no row
+    for user in ("online-1", "online-2", "k5"):
+        await web_book(service, sale_id, user)
+    await wait_pg_count(pg, sale_id, 702)
+    rows = await pg.fetchval("SELECT count(*) FROM bookings WHERE sale_id = $1", sale_id)
+    assert rows == 702
+    assert (await service.stats(sale_id))["bookings_in_postgres"] == 702
+    # a replayed event changes nothing
+    await insert_bookings(pg, [BookingRow(sale_id, 701, "online-1", 0)])
+    assert (await service.stats(sale_id))["bookings_in_postgres"] == 702

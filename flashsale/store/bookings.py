@@ -29,13 +29,21 @@ class BookingRow:
 # A replayed event changes nothing. An import that listed a shopper who had booked online
 # may have stored their booking first (with its own time and source): the online booking's
 # event is the authority on both, so it corrects that row.
+# New rows are counted into sales.bookings_stored in the same statement ("xmax = 0" tells an
+# inserted row from an updated one).
 _INSERT = """
-INSERT INTO bookings (sale_id, booking_no, user_id, booked_at, source)
-SELECT s, n, u, to_timestamp(b / 1000.0), src
-FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) AS t(s, n, u, b, src)
-ON CONFLICT (sale_id, booking_no) DO UPDATE
-SET booked_at = EXCLUDED.booked_at, source = EXCLUDED.source
-WHERE bookings.user_id = EXCLUDED.user_id AND bookings.source <> EXCLUDED.source
+WITH written AS (
+    INSERT INTO bookings (sale_id, booking_no, user_id, booked_at, source)
+    SELECT s, n, u, to_timestamp(b / 1000.0), src
+    FROM unnest($1::text[], $2::int[], $3::text[], $4::bigint[], $5::text[]) AS t(s, n, u, b, src)
+    ON CONFLICT (sale_id, booking_no) DO UPDATE
+    SET booked_at = EXCLUDED.booked_at, source = EXCLUDED.source
+    WHERE bookings.user_id = EXCLUDED.user_id AND bookings.source <> EXCLUDED.source
+    RETURNING sale_id, (xmax = 0) AS inserted
+)
+UPDATE sales SET bookings_stored = bookings_stored + c.n
+FROM (SELECT sale_id, count(*) FILTER (WHERE inserted) AS n FROM written GROUP BY sale_id) c
+WHERE sales.sale_id = c.sale_id AND c.n > 0
 """
 
 
@@ -68,13 +76,17 @@ async def copy_imported(
         )
         await conn.copy_records_to_table("booking_import", records=records)
         await conn.execute(
-            "INSERT INTO bookings (sale_id, booking_no, user_id, booked_at, source) "
-            "SELECT $1, booking_no, user_id, booked_at, 'import' FROM booking_import "
-            "ON CONFLICT DO NOTHING",
+            "WITH written AS ("
+            " INSERT INTO bookings (sale_id, booking_no, user_id, booked_at, source)"
+            " SELECT $1, booking_no, user_id, booked_at, 'import' FROM booking_import"
+            " ON CONFLICT DO NOTHING RETURNING 1) "
+            "UPDATE sales SET bookings_stored = bookings_stored + (SELECT count(*) FROM written) "
+            "WHERE sale_id = $1",
             sale_id,
         )
 
 
 async def count_bookings(conn: asyncpg.Connection | asyncpg.Pool, sale_id: str) -> int:
-    n: int = await conn.fetchval("SELECT count(*) FROM bookings WHERE sale_id = $1", sale_id)
-    return n
+    """Bookings of the sale in PostgreSQL (a kept count: no scan of the table)."""
+    n = await conn.fetchval("SELECT bookings_stored FROM sales WHERE sale_id = $1", sale_id)
+    return int(n or 0)

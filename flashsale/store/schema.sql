@@ -92,3 +92,17 @@ CREATE TABLE IF NOT EXISTS bookings (
     PRIMARY KEY (sale_id, booking_no),
     UNIQUE (sale_id, user_id)
 );
+
+-- How many bookings of a sale PostgreSQL holds, kept by every insert (counting 7.5 million rows
+-- on each look at the stats took seconds). Filled from the rows when the column is new.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM information_schema.columns
+                   WHERE table_name = 'sales' AND column_name = 'bookings_stored'
+                     AND table_schema = current_schema()) THEN
+        ALTER TABLE sales ADD COLUMN bookings_stored bigint NOT NULL DEFAULT 0;
+        UPDATE sales s SET bookings_stored = c.n
+        FROM (SELECT sale_id, count(*) AS n FROM bookings GROUP BY sale_id) c
+        WHERE s.sale_id = c.sale_id;
+    END IF;
+END $$;

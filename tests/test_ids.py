@@ -1,0 +1,33 @@
+"""Order ids: "<sale>.<26 Crockford base32 digits>" of 48 bits of milliseconds and 80 random
+bits, so that they sort by creation time and cannot be guessed."""
+
+from __future__ import annotations
+
+import base64
+import time
+
+from flashsale import ids
+
+
+def test_an_order_id_is_the_base32_of_its_time_and_randomness() -> None:
+    before = time.time_ns() // 1_000_000
+    order_id = ids.new_order_id("sale-1")
+    after = time.time_ns() // 1_000_000
+    sale_id, _, digits = order_id.partition(".")
+    assert sale_id == "sale-1"
+    assert ids.sale_of_order(order_id) == "sale-1"
+    to_rfc4648 = str.maketrans(
+        "0123456789ABCDEFGHJKMNPQRSTVWXYZ", "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+    )
+    raw = base64.b32decode(digits.upper().translate(to_rfc4648) + "======")
+    assert len(raw) == 16
+    assert before <= int.from_bytes(raw[:6], "big") <= after
+
+
+def test_order_ids_sort_by_time_and_differ() -> None:
+    made = []
+    for _ in range(50):
+        made.append(ids.new_order_id("s"))
+        time.sleep(0.002)
+    assert made == sorted(made)
+    assert len({ids.new_order_id("s") for _ in range(10_000)}) == 10_000

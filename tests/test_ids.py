@@ -31,3 +31,11 @@ def test_order_ids_sort_by_time_and_differ() -> None:
         time.sleep(0.002)
     assert made == sorted(made)
     assert len({ids.new_order_id("s") for _ in range(10_000)}) == 10_000
+
+
+def test_times_keep_their_milliseconds_however_far_off() -> None:
+    from flashsale.models import datetime_to_ms, iso, ms_to_datetime
+
+    for ms in (946_684_800_000, 1_795_337_018_303, 169_112_206_567_504, 253_402_300_799_999):
+        assert iso(ms).endswith(f".{ms % 1000:03d}Z"), (ms, iso(ms))
+        assert datetime_to_ms(ms_to_datetime(ms)) == ms

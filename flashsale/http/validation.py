@@ -11,6 +11,7 @@ from aiohttp import web
 
 from flashsale.errors import BodyTooLarge, InvalidRequest, SaleNotFound, UnreadableBody
 from flashsale.ids import SALE_ID_RE
+from flashsale.models import datetime_to_ms
 
 _EARLIEST_MS = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _LATEST_MS = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -104,7 +105,7 @@ def timestamp_ms(body: dict[str, Any], name: str) -> int:
         ) from None
     if value.tzinfo is None:
         raise InvalidRequest(f"'{name}' must carry a UTC offset, e.g. +00:00 or Z")
-    ms = int(value.timestamp() * 1000)
+    ms = datetime_to_ms(value)
     if not _EARLIEST_MS <= ms <= _LATEST_MS:
         raise InvalidRequest(f"'{name}' must fall between the years 2000 and 9998")
     return ms

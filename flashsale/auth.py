@@ -6,6 +6,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import time
 from typing import Any
 
@@ -32,6 +33,9 @@ def _bearer(header: str | None) -> str:
     return token.strip()
 
 
+_B64URL = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64url(segment: str) -> bytes:
     return base64.urlsafe_b64decode(segment + "=" * (-len(segment) % 4))
 
@@ -54,7 +58,9 @@ class HS256Verifier:
 
     def claims(self, token: str, now: float) -> dict[str, Any]:
         parts = token.split(".")
-        if len(parts) != 3:
+        # strictly base64url: the decoder would skip stray characters, letting one token be
+        # written many ways (each a new cache entry), and a non-ASCII byte must be a 401
+        if len(parts) != 3 or not all(_B64URL.fullmatch(p) for p in parts):
             raise Unauthorized("invalid token: not a JWT")
         header_b64, payload_b64, signature_b64 = parts
         mac = self._mac.copy()

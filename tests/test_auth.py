@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jwt
+import pytest
 
 from flashsale.auth import issue_token
 from tests.helpers import Reply, Service, sale_spec
@@ -251,3 +252,25 @@ def test_the_verifier_agrees_with_pyjwt() -> None:
         sub_ok = ours is not None and isinstance(ours.get("sub"), str) and len(ours["sub"]) > 0
         if sub_ok:
             assert pyjwt_accepts, token
+
+
+def test_the_verifier_takes_strict_base64url_only() -> None:
+    """Every other spelling of a token is refused (not a 500, and not a new cache entry)."""
+    from flashsale.auth import ShopperAuth
+    from flashsale.errors import Unauthorized
+
+    secret = "verifier-secret-of-at-least-32-bytes-012345"
+    auth = ShopperAuth(secret)
+    token = issue_token(secret, "ann")
+    assert auth.user_id(f"Bearer {token}") == "ann"
+    header, payload, signature = token.split(".")
+    spellings = [
+        "\udcff.a.b",  # a non-ASCII byte, as aiohttp hands it over (surrogateescape)
+        f"{header}.{payload}.{signature}!!!!",
+        f"{header}.{payload}.{signature[:10]}$${signature[10:]}",
+        f"{header}.{payload}.{signature}=",
+        f"{header} .{payload}.{signature}",
+    ]
+    for spelling in spellings:
+        with pytest.raises(Unauthorized):
+            auth.user_id(f"Bearer {spelling}")

@@ -89,3 +89,35 @@ async def test_a_hung_server_times_out_and_is_used_again_once_back(
         assert await wire.send(packed(("PING",)), 1) == ["PONG"]
     finally:
         await wire.close()
+
+
+async def test_during_an_outage_callers_fail_fast(private_redis: servers.PrivateRedis) -> None:
+    """With Redis gone, a crowd of batches fails within about one connect attempt, not one
+    attempt after another."""
+    wire = Wire(private_redis.url, connect_timeout_s=0.5)
+    try:
+        assert await wire.send(packed(("PING",)), 1) == ["PONG"]
+        private_redis.kill()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(
+            *(wire.send(packed(("PING",)), 1) for _ in range(100)), return_exceptions=True
+        )
+        assert all(isinstance(r, ConnectionError) for r in results), results
+        assert loop.time() - started < 1.5
+        private_redis.start()
+        await asyncio.sleep(0.3)  # past the back-off
+        assert await wire.send(packed(("PING",)), 1) == ["PONG"]
+    finally:
+        await wire.close()
+    with pytest.raises(ConnectionError):  # closed for good: no reconnecting after shutdown
+        await wire.send(packed(("PING",)), 1)
+
+
+def test_only_plain_tcp_urls_take_the_lean_connection() -> None:
+    assert Wire.supports("redis://127.0.0.1:6379/0")
+    assert Wire.supports("redis://:secret@cache.internal:6380/2")
+    assert not Wire.supports("rediss://cache.internal:6380/0")
+    assert not Wire.supports("unix:///run/redis.sock")
+    with pytest.raises(ValueError, match="redis://"):
+        Wire("unix:///run/redis.sock")

@@ -85,8 +85,16 @@ def serve_workers(
                 log.error("worker %s ended (exit %s); starting another", process.pid,
                           process.exitcode)  # fmt: skip
                 time.sleep(RESTART_DELAY_S)
-                running[i] = start()
+                if not stopping:
+                    running[i] = start()
         time.sleep(0.2)
+    for process in running:  # a worker started as the signal came has not been told yet
+        if process.is_alive():
+            process.terminate()
     for process in running:
         process.join(timeout=30)
+        if process.is_alive():  # it would hold the port: no orphans
+            log.error("worker %s did not stop in 30 s; killing it", process.pid)
+            process.kill()
+            process.join()
     return 0

@@ -11,8 +11,10 @@ The batch is packed by hiredis (C) and sent on a lean connection of its own (wir
 with ``FLASHSALE_REDIS_CLIENT=redis-py``, written to one of redis-py's pooled connections and
 read back with redis-py's parser. (redis-py's own pipeline packs every argument in Python,
 which cost more than the rest of the call.) Every script flashsale sends is idempotent
-by request, so a batch whose connection broke is sent once more on a fresh connection. On Redis
-Cluster a batch would have to be split by slot; today one batch goes to one server.
+by request, so a batch whose connection broke is sent once more on a fresh connection (the
+caller may then see its own first answer as a replay: a buy as replayed, a booking as
+existing). On Redis Cluster a batch would have to be split by slot; today one batch goes to
+one server.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from typing import Any
 
 import hiredis
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError, ResponseError, TimeoutError
+from redis.exceptions import ConnectionError, ResponseError
 
 from flashsale.engine.wire import Wire
 
@@ -71,8 +73,10 @@ class Coalescer:
         try:
             try:
                 replies = await self._round_trip(packed, len(batch))
-            except (ConnectionError, TimeoutError, OSError):
-                replies = await self._round_trip(packed, len(batch))  # once more, reconnected
+            except (ConnectionError, OSError):
+                # a connection that broke (a Redis restart): once more, reconnected. Not after
+                # a timeout: a slow Redis needs less load, not the same batch again.
+                replies = await self._round_trip(packed, len(batch))
         except asyncio.CancelledError:  # shutting down
             for _, future in batch:
                 future.cancel()

@@ -63,15 +63,29 @@ class _Protocol(asyncio.Protocol):
                 batch.future.set_exception(self.lost)
 
 
+# After a failed connect, callers fail at once for this long instead of each trying again:
+# during an outage requests get a quick error rather than queueing behind connect timeouts.
+RECONNECT_BACKOFF_S = 0.25
+
+
 class Wire:
     """One Redis connection for packed batches; see the module docstring."""
 
     def __init__(self, url: str, *, connect_timeout_s: float = 2.0, timeout_s: float = 5.0) -> None:
+        if not self.supports(url):
+            raise ValueError("the lean connection takes redis://host:port/db URLs only")
         self._options = parse_url(url)
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Lock | None = None
+        self._failed: tuple[float, ConnectionError] | None = None  # (when, why)
+        self._closed = False
+
+    @staticmethod
+    def supports(url: str) -> bool:
+        """Plain TCP only: TLS (rediss://) and unix sockets stay with redis-py."""
+        return url.startswith("redis://") and "host" in parse_url(url)
 
     async def send(self, packed: bytes, count: int) -> list[Any]:
         """Send ``count`` packed commands; their replies in order, an error reply as its
@@ -89,6 +103,7 @@ class Wire:
             raise RedisTimeoutError("Redis did not answer in time") from None
 
     async def close(self) -> None:
+        self._closed = True  # no reconnecting after shutdown
         if self._protocol is not None:
             self._drop(self._protocol)
 
@@ -102,11 +117,23 @@ class Wire:
         protocol = self._protocol
         if protocol is not None and protocol.lost is None:
             return protocol
+        if self._closed:
+            raise ConnectionError("the connection to Redis is closed")
+        loop = asyncio.get_running_loop()
+        if self._failed is not None and loop.time() - self._failed[0] < RECONNECT_BACKOFF_S:
+            raise self._failed[1]
         if self._connecting is None:
             self._connecting = asyncio.Lock()
         async with self._connecting:
             if self._protocol is None or self._protocol.lost is not None:
-                self._protocol = await self._connect()
+                if self._failed is not None and loop.time() - self._failed[0] < RECONNECT_BACKOFF_S:
+                    raise self._failed[1]  # the caller before us just failed: so do we
+                try:
+                    self._protocol = await self._connect()
+                except ConnectionError as exc:
+                    self._failed = (loop.time(), exc)
+                    raise
+                self._failed = None
             return self._protocol
 
     async def _connect(self) -> _Protocol:
@@ -130,7 +157,12 @@ class Wire:
             protocol.waiting.append(_Batch(len(setup), future))
             assert protocol.transport is not None
             protocol.transport.write(b"".join(hiredis.pack_command(c) for c in setup))
-            for reply in await asyncio.wait_for(future, self._timeout_s):
+            try:
+                replies = await asyncio.wait_for(future, self._timeout_s)
+            except (TimeoutError, ConnectionError) as exc:
+                protocol.transport.abort()
+                raise ConnectionError(f"Redis did not set up the connection: {exc}") from None
+            for reply in replies:
                 if isinstance(reply, Exception):
                     protocol.transport.abort()
                     raise ConnectionError(f"Redis refused the connection setup: {reply}")

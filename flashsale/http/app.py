@@ -44,7 +44,12 @@ def create_app(settings: Settings) -> web.Application:
 def _services_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         redis = connect_redis(settings)
-        wire = Wire(settings.redis_url) if settings.redis_client == "lean" else None
+        wire = None
+        if settings.redis_client == "lean":
+            if Wire.supports(settings.redis_url):
+                wire = Wire(settings.redis_url)
+            else:
+                log.warning("FLASHSALE_REDIS_URL is not plain redis://: the hot path uses redis-py")
         pool = await open_pool(
             settings.database_url,
             min_size=settings.pg_min_connections,

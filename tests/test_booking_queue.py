@@ -272,7 +272,8 @@ async def test_a_reservation_released_after_the_window_frees_one_place_once(
     assert (await public_sale(service, sale_id))["available"] == 1
     await wait_for(lambda: _admitted(service, sale_id, 3))  # r2 lets the window pass
     assert (await service.buy(sale_id, "r3")).status == 201
-    assert (await me(service, sale_id, "r1"))["state"] == "passed"
+    # the whole queue has been admitted: r1 may try again for any unit that comes back
+    assert (await me(service, sale_id, "r1"))["state"] == "admitted"
     assert (await me(service, sale_id, "r2"))["state"] == "passed"
 
 
@@ -364,3 +365,20 @@ async def test_a_pause_stops_the_admission_windows(service: Service) -> None:
     # the windows close about two seconds after the resume: w2's place passes to w3
     await wait_for(lambda: _admitted(service, sale_id, 3))
     assert (await me(service, sale_id, "w2"))["state"] == "passed"
+
+
+async def test_once_the_whole_queue_is_admitted_what_is_left_is_for_every_booked_shopper(
+    service: Service,
+) -> None:
+    sale_id, opens_at = await queued_sale(service, stock=3)
+    for user in ("e1", "e2", "e3", "e4"):
+        await book(service, sale_id, user)
+    await sleep_until(opens_at)
+    # nobody buys: the opening windows pass, e4 is admitted, and then nobody is waiting
+    await wait_for(lambda: _admitted(service, sale_id, 4))
+    status = await me(service, sale_id, "e1")
+    assert status["state"] == "admitted", status
+    assert (await service.buy(sale_id, "e1")).status == 201
+    assert (await me(service, sale_id, "e1"))["state"] == "purchased"
+    reply = await service.buy(sale_id, "stranger")
+    assert (reply.status, reply.body["error"]) == (403, "booking_required")

@@ -74,6 +74,7 @@ class QueueFacts:
     over: bool  # ended or closed
     exhausted: bool  # no public unit left and none reserved: nothing can come back
     frontier: int  # ranks admitted so far (before the start: those admitted at the start)
+    everyone_admitted: bool  # the whole queue has been admitted (windows no longer matter)
     cursor: int  # ranks below it have had their windows closed
     window_ms: int
     rate_per_s: float
@@ -100,6 +101,8 @@ def queued_standing(
         assert admitted_ms is not None
         until_ms = admitted_ms + f.window_ms
         if rank < f.cursor or f.now_ms >= until_ms:
+            if f.everyone_admitted:  # nobody waits any more: what is left is for all booked
+                return Standing(BookingState.PURCHASED if holding else BookingState.ADMITTED)
             return Standing(done)
         if holding:
             return Standing(BookingState.PURCHASED, admitted_until_ms=until_ms)

@@ -126,6 +126,7 @@ class Bookings:
             now_ms=now_ms, starts_ms=starts_ms, over=over,
             exhausted=int(f["available"] or 0) <= 0 and int(f["reserved"] or 0) <= 0,
             frontier=min(int(f["adm_slots"] or 0), bookings),
+            everyone_admitted=int(f["adm_slots"] or 0) >= bookings,
             cursor=int(f["adm_cursor"] or 1), window_ms=int(f["adm_window_s"] or 0) * 1000,
             rate_per_s=float(f["adm_rate"] or 0), next_free_ms=int(f["adm_next_ms"] or 0),
         )  # fmt: skip

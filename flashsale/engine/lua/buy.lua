@@ -121,7 +121,9 @@ if fcode == '' and admission ~= '' then
         local wave = redis.call('ZREVRANGEBYSCORE', KEYS[11], rank, '-inf', 'LIMIT', 0, 1)
         closed = now_ms >= tonumber(string.match(wave[1], ':(%d+)$')) + tonumber(q[4]) * 1000
       end
-      if closed then return {'admission_passed'} end
+      -- once the whole queue has been admitted nobody is waiting for these units: every
+      -- booked shopper may buy what is left, first come first served
+      if closed and slots < n then return {'admission_passed'} end
     end
   end
 end

@@ -63,11 +63,6 @@ class _Protocol(asyncio.Protocol):
                 batch.future.set_exception(self.lost)
 
 
-# After a failed connect, callers fail at once for this long instead of each trying again:
-# during an outage requests get a quick error rather than queueing behind connect timeouts.
-RECONNECT_BACKOFF_S = 0.25
-
-
 class Wire:
     """One Redis connection for packed batches; see the module docstring."""
 
@@ -78,8 +73,10 @@ class Wire:
         self._connect_timeout_s = connect_timeout_s
         self._timeout_s = timeout_s
         self._protocol: _Protocol | None = None
-        self._connecting: asyncio.Lock | None = None
-        self._failed: tuple[float, ConnectionError] | None = None  # (when, why)
+        # the connect attempt under way: every caller that needs a connection meanwhile waits
+        # for this one attempt and shares its outcome, so an outage costs one attempt per
+        # burst of callers instead of one after another (each up to the connect timeout)
+        self._attempt: asyncio.Future[_Protocol] | None = None
         self._closed = False
 
     @staticmethod
@@ -119,22 +116,15 @@ class Wire:
             return protocol
         if self._closed:
             raise ConnectionError("the connection to Redis is closed")
-        loop = asyncio.get_running_loop()
-        if self._failed is not None and loop.time() - self._failed[0] < RECONNECT_BACKOFF_S:
-            raise self._failed[1]
-        if self._connecting is None:
-            self._connecting = asyncio.Lock()
-        async with self._connecting:
-            if self._protocol is None or self._protocol.lost is not None:
-                if self._failed is not None and loop.time() - self._failed[0] < RECONNECT_BACKOFF_S:
-                    raise self._failed[1]  # the caller before us just failed: so do we
-                try:
-                    self._protocol = await self._connect()
-                except ConnectionError as exc:
-                    self._failed = (loop.time(), exc)
-                    raise
-                self._failed = None
-            return self._protocol
+        if self._attempt is None:
+            self._attempt = asyncio.ensure_future(self._connect())
+            self._attempt.add_done_callback(self._attempt_done)
+        return await asyncio.shield(self._attempt)
+
+    def _attempt_done(self, attempt: asyncio.Future[_Protocol]) -> None:
+        self._attempt = None
+        if not attempt.cancelled() and attempt.exception() is None:
+            self._protocol = attempt.result()
 
     async def _connect(self) -> _Protocol:
         o = self._options

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -159,7 +160,11 @@ def test_demo_runs_a_launch_through_the_booking_queue(settings: Settings) -> Non
     assert "verdict: all invariants hold" in out.stdout
     assert "400 bookings taken" in out.stdout
     assert "all paid after" in out.stdout
-    assert "winners' queue ranks: 1 to " in out.stdout
+    # the front of the queue won (the first few may be no-shows), not the whole crowd
+    ranks = re.search(r"winners' queue ranks: (\d+) to (\d+)", out.stdout)
+    assert ranks is not None, out.stdout
+    assert int(ranks[1]) <= 5
+    assert int(ranks[2]) < 200
 
 
 async def test_serve_workers_share_one_port(settings: Settings) -> None:

@@ -16,7 +16,7 @@ import orjson
 from flashsale.errors import Unauthorized
 
 _MAX_TOKEN_CHARS = 2048
-_MAX_USER_ID_CHARS = 128
+MAX_USER_ID_CHARS = 128  # a shopper's id: the token's "sub", and ids in lists
 
 
 def issue_token(secret: str, user_id: str, ttl_s: int = 3600) -> str:
@@ -112,7 +112,7 @@ class ShopperAuth:
             raise Unauthorized("token too large")
         claims = self._verifier.claims(token, time.time())
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= _MAX_USER_ID_CHARS:
+        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_USER_ID_CHARS:
             raise Unauthorized("invalid token: 'sub' must be a non-empty string")
         if len(self._cache) >= self._cache_size:
             self._cache.clear()  # crude but bounded; a re-check costs only a signature

@@ -7,7 +7,7 @@ import csv
 import io
 import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from flashsale.booking.lottery import Draw
 from flashsale.settings import Settings
 from flashsale.store.bookings import BookingRow, insert_bookings
 from flashsale.store.writer import OrderWriter
+from tests.booking_helpers import at
 from tests.conftest import ServiceFactory
 from tests.helpers import Service, gather_limited, run_flashsale
 
@@ -34,10 +35,6 @@ async def import_json(settings: Settings, sale_id: str, path: Path, *extra: str)
     assert rc == 0, err
     report: dict[str, Any] = json.loads(out)
     return report
-
-
-def at(seconds: float) -> str:
-    return (datetime.now(UTC) + timedelta(seconds=seconds)).isoformat()
 
 
 async def booking_sale(service: Service, **fields: Any) -> str:

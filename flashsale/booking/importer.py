@@ -15,11 +15,11 @@ from pathlib import Path
 
 import asyncpg
 
+from flashsale.auth import MAX_USER_ID_CHARS
 from flashsale.engine.bookings import Bookings
 from flashsale.engine.engine import now_ms
 from flashsale.store.bookings import copy_imported
 
-MAX_USER_ID_CHARS = 128  # as for the "sub" of a shopper's token
 DEFAULT_BATCH = 5000
 
 

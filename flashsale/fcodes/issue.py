@@ -22,6 +22,7 @@ from itertools import repeat
 import asyncpg
 
 from flashsale import errors
+from flashsale.auth import MAX_USER_ID_CHARS
 from flashsale.engine.engine import Engine
 from flashsale.fcodes import codes
 from flashsale.store import sales as sale_store
@@ -30,7 +31,6 @@ log = logging.getLogger(__name__)
 
 CAMPAIGN_RE = re.compile(r"\A[a-z0-9][a-z0-9_-]{0,63}\Z")
 MAX_CODES = 10_000_000
-MAX_USER_ID_CHARS = 128  # as shoppers' tokens allow
 LOAD_BATCH = 3000  # codes per load_fcodes call
 LOAD_CONCURRENCY = 4  # calls in flight
 _GENERATE_CHUNK = 50_000

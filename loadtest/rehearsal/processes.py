@@ -39,7 +39,7 @@ def wait_http(url: str, seconds: float, alive: Callable[[], bool] = lambda: True
                     return None
                 last = f"HTTP {resp.status}"
         except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}"
+            last = f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
         except OSError as exc:
             last = str(exc)
         time.sleep(0.1)

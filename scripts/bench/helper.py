@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import socket
 import sys
 import time
 import urllib.error
@@ -32,35 +31,12 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_http(url: str, seconds: float, alive: Callable[[], bool] = lambda: True) -> str | None:
-    """Wait until URL answers 200: None then, else the last failure (given up at once when
-    ``alive()`` turns false: the server is gone)."""
-    deadline = time.monotonic() + seconds
-    last = "no answer"
-    while time.monotonic() < deadline:
-        if not alive():
-            return "the server exited"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == 200:
-                    return None
-                last = f"HTTP {resp.status}"
-        except urllib.error.HTTPError as exc:
-            last = f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
-        except OSError as exc:
-            last = str(exc)
-        time.sleep(0.1)
-    return last
+# one copy of the process helpers, the rehearsal's (this file runs from scripts/bench/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+from loadtest.rehearsal.processes import free_port, wait_http
 
 
 def _admin(base: str, token: str, method: str, path: str, body: Any = None) -> tuple[int, Any]:

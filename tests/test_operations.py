@@ -201,3 +201,63 @@ async def test_serve_workers_share_one_port(settings: Settings) -> None:
             await conn.close()
     assert proc.returncode == 0, err.decode()
     assert b"starting another" not in err, err.decode()
+
+
+async def test_serve_writes_orders_from_its_own_writer_process(settings: Settings) -> None:
+    """``serve`` = an HTTP worker and an order writer, each a process; the writer carries a buy
+    to PostgreSQL, and a supervisor killed outright (SIGKILL) takes both children with it."""
+    import psutil
+
+    from flashsale.auth import issue_token
+
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    proc = await asyncio.create_subprocess_exec(
+        *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port)),
+        env=flashsale_env(settings), stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    children: list[psutil.Process] = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            worker_pid = None
+            deadline = time.monotonic() + 30
+            while worker_pid is None and time.monotonic() < deadline:
+                try:
+                    async with http.get(f"{base}/healthz") as resp:
+                        worker_pid = (await resp.json())["pid"]
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)
+            children = psutil.Process(proc.pid).children()
+            # the HTTP worker and the order writer (besides multiprocessing's resource tracker)
+            spawned = [c for c in children if "resource_tracker" not in " ".join(c.cmdline())]
+            assert worker_pid in {c.pid for c in spawned}
+            assert len(spawned) == 2, spawned
+            admin = {"Authorization": f"Bearer {settings.admin_token}"}
+            async with http.post(f"{base}/v1/admin/sales", json=sale_spec(stock=3),
+                                 headers=admin) as resp:  # fmt: skip
+                assert resp.status == 201
+                sale_id = (await resp.json())["sale"]["sale_id"]
+            shopper = {"Authorization": f"Bearer {issue_token(settings.token_secret, 'w:1')}"}
+            async with http.post(f"{base}/v1/sales/{sale_id}/buy", json={},
+                                 headers=shopper) as resp:  # fmt: skip
+                assert resp.status == 201
+                order_id = (await resp.json())["order"]["order_id"]
+        conn = await asyncpg.connect(settings.database_url)
+        try:
+            row = None
+            deadline = time.monotonic() + 10
+            while row is None and time.monotonic() < deadline:
+                row = await conn.fetchrow("SELECT user_id FROM orders WHERE order_id = $1",
+                                          order_id)  # fmt: skip
+                await asyncio.sleep(0.1)
+            assert row is not None
+            assert row["user_id"] == "w:1"
+        finally:
+            await conn.close()
+    finally:
+        proc.kill()
+        await proc.wait()
+        _, alive = psutil.wait_procs(children, timeout=15)
+        for orphan in alive:
+            orphan.kill()
+    assert not alive, f"children outlived their supervisor: {alive}"

@@ -19,15 +19,18 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 
 def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
-    from flashsale.cli.serve import serve_one, serve_workers
+    from flashsale.cli.serve import serve_one, serve_supervised
 
     if args.workers < 1:
         print("flashsale: --workers must be at least 1", file=sys.stderr)
         return 2
-    if args.workers > 1:
-        return serve_workers(settings, args.host, args.port, args.workers, args.verbose)
-    serve_one(settings, args.host, args.port, verbose=args.verbose)
-    return 0
+    if args.single_process:
+        if args.workers != 1:
+            print("flashsale: --single-process runs one worker", file=sys.stderr)
+            return 2
+        serve_one(settings, args.host, args.port, verbose=args.verbose)
+        return 0
+    return serve_supervised(settings, args.host, args.port, args.workers, args.verbose)
 
 
 def cmd_writer(args: argparse.Namespace, settings: Settings) -> int:
@@ -78,7 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8080)
     serve.add_argument("--workers", type=int, default=1,
-                       help="processes sharing the port (SO_REUSEPORT); one a core")  # fmt: skip
+                       help="HTTP processes on one port (SO_REUSEPORT); one a core")  # fmt: skip
+    serve.add_argument("--single-process", action="store_true",
+                       help="HTTP, order writer and sweeper in this one process")  # fmt: skip
     serve.set_defaults(func=cmd_serve)
 
     writer = sub.add_parser("writer", help="run the Redis-to-PostgreSQL order writer alone")

@@ -1,19 +1,29 @@
-"""``flashsale serve``: the HTTP API in one process, or in N worker processes on one port.
+"""``flashsale serve``: the HTTP API in worker processes on one port, and the order writer in a
+process of its own.
 
-With ``--workers N`` every worker binds the same port with SO_REUSEPORT, so the kernel spreads
-connections over them and a bigger machine uses all its cores. Each worker is a whole service
-(the writer and the sweeper too: several of each are safe, see store/writer.py and
-engine/sweeper.py). The parent only supervises: a worker that dies is started again, and
-SIGTERM or SIGINT is passed on to every worker for a clean shutdown.
+Every HTTP worker binds the same port with SO_REUSEPORT, so the kernel spreads connections over
+them and a bigger machine uses all its cores (``--workers N``, one a core). The order writer
+runs beside them in its own process, so carrying orders to PostgreSQL never takes CPU from the
+requests of a sale (several writers are safe: see store/writer.py). The parent only
+supervises: a process that dies is started again, and SIGTERM or SIGINT is passed on for a clean
+shutdown. Children stop by themselves if the parent is killed outright.
+
+``--single-process`` runs everything (HTTP, writer, sweeper) in one process instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import logging
 import multiprocessing
+import os
 import signal
+import socket
 import time
+from collections.abc import Callable
+from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
@@ -22,6 +32,7 @@ from flashsale.settings import Settings
 log = logging.getLogger(__name__)
 
 RESTART_DELAY_S = 1.0
+_PR_SET_PDEATHSIG = 1
 
 
 def new_event_loop() -> asyncio.AbstractEventLoop:
@@ -52,49 +63,96 @@ def serve_one(
     )
 
 
-def serve_workers(
+def _http_worker(settings: Settings, host: str, port: int, parent: int, verbose: bool) -> None:
+    _die_with_parent(parent)
+    serve_one(settings, host, port, reuse_port=True, verbose=verbose)
+
+
+def _writer_process(settings: Settings, consumer: str, parent: int, verbose: bool) -> None:
+    from flashsale.cli.writer import run_writer
+    from flashsale.logs import setup_logging
+
+    _die_with_parent(parent)
+    setup_logging(verbose)
+    loop = new_event_loop()
+    main = loop.create_task(run_writer(settings, consumer=consumer))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        loop.run_until_complete(main)
+    loop.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    """SIGTERM this child when the supervisor dies, even by SIGKILL: an orphaned worker would
+    hold the port, and an orphaned writer would compete with the next one for nothing."""
+    with contextlib.suppress(OSError, AttributeError):  # Linux only; elsewhere best effort
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request was in place
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def serve_supervised(
     settings: Settings, host: str, port: int, workers: int, verbose: bool = False
 ) -> int:
-    """Run ``workers`` processes of the service on one port until SIGTERM or SIGINT."""
-    # spawn, not fork: each worker starts clean, with no loop or connection of the parent's.
-    # The settings are resolved once here, so every worker has the same secrets.
+    """Run ``workers`` HTTP processes on one port, and the order writer (unless
+    FLASHSALE_RUN_WRITER is off) in a process of its own, until SIGTERM or SIGINT."""
+    # spawn, not fork: each child starts clean, with no loop or connection of the parent's.
+    # The settings are resolved once here, so every child has the same secrets.
     context = multiprocessing.get_context("spawn")
+    parent = os.getpid()
+    http_settings = replace(settings, run_writer=False)
+    # a stable name: a restarted writer re-reads the entries its predecessor left unacknowledged
+    consumer = f"{socket.gethostname()}-serve-{port}-writer"
+    starters: list[Callable[[], BaseProcess]] = [
+        lambda: context.Process(target=_http_worker, name="flashsale-worker",
+                                args=(http_settings, host, port, parent, verbose))
+    ] * workers  # fmt: skip
+    if settings.run_writer:
+        starters.append(
+            lambda: context.Process(target=_writer_process, name="flashsale-writer",
+                                    args=(settings, consumer, parent, verbose))
+        )  # fmt: skip
     stopping = False
 
-    def start() -> BaseProcess:
-        process = context.Process(
-            target=serve_one, args=(settings, host, port, True, verbose), name="flashsale-worker"
-        )
+    def start(i: int) -> BaseProcess:
+        process = starters[i]()
         process.start()
         return process
 
     def stop(signum: int, _frame: FrameType | None) -> None:
         nonlocal stopping
         stopping = True
-        for process in running:
+        for process in running[:workers]:  # the writer last: it carries the last orders
             if process.is_alive() and process.pid is not None:
                 process.terminate()
 
-    running = [start() for _ in range(workers)]
+    running = [start(i) for i in range(len(starters))]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("serving on %s:%d with %d workers", host, port, workers)
+    log.info("serving on %s:%d with %d worker(s)%s", host, port, workers,
+             " and an order writer" if settings.run_writer else "")  # fmt: skip
     while not stopping:
         for i, process in enumerate(running):
             if not process.is_alive() and not stopping:
-                log.error("worker %s ended (exit %s); starting another", process.pid,
+                log.error("%s %s ended (exit %s); starting another", process.name, process.pid,
                           process.exitcode)  # fmt: skip
                 time.sleep(RESTART_DELAY_S)
                 if not stopping:
-                    running[i] = start()
+                    running[i] = start(i)
         time.sleep(0.2)
-    for process in running:  # a worker started as the signal came has not been told yet
+    _stop_all(running[:workers])
+    _stop_all(running[workers:])
+    return 0
+
+
+def _stop_all(processes: list[BaseProcess]) -> None:
+    for process in processes:  # one started as the signal came has not been told yet
         if process.is_alive():
             process.terminate()
-    for process in running:
+    for process in processes:
         process.join(timeout=30)
         if process.is_alive():  # it would hold the port: no orphans
-            log.error("worker %s did not stop in 30 s; killing it", process.pid)
+            log.error("%s %s did not stop in 30 s; killing it", process.name, process.pid)
             process.kill()
             process.join()
-    return 0

@@ -13,7 +13,7 @@ from flashsale.store.writer import OrderWriter
 log = logging.getLogger(__name__)
 
 
-async def run_writer(settings: Settings) -> None:
+async def run_writer(settings: Settings, consumer: str | None = None) -> None:
     redis = connect_redis(settings)
     pool = await open_pool(settings.database_url, max_size=2)
     writer = OrderWriter(
@@ -23,6 +23,7 @@ async def run_writer(settings: Settings) -> None:
         batch_size=settings.writer_batch_size,
         block_ms=settings.writer_block_ms,
         reclaim_idle_ms=settings.writer_reclaim_idle_ms,
+        consumer=consumer,
     )
     log.info("order writer %s started", writer.consumer)
     try:

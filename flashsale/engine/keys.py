@@ -37,6 +37,7 @@ key                                          type    contents and lifetime
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -99,16 +100,21 @@ class Keyspace:
         return f"{self.prefix}:sales"
 
     def sale(self, sale_id: str) -> SaleKeys:
-        base = f"{self.prefix}:{{{sale_id}}}"
-        return SaleKeys(
-            sale_id=sale_id,
-            sale=f"{base}:sale",
-            holders=f"{base}:holders",
-            deadlines=f"{base}:deadlines",
-            events=f"{base}:events",
-            fcodes=f"{base}:fcodes",
-            waves=f"{base}:waves",
-            queue_holders=f"{base}:qheld",
-            queue_bits=f"{base}:qbits",
-            _base=base,
-        )
+        return _sale_keys(self.prefix, sale_id)
+
+
+@functools.lru_cache(maxsize=1024)  # every request names its sale: build its keys once
+def _sale_keys(prefix: str, sale_id: str) -> SaleKeys:
+    base = f"{prefix}:{{{sale_id}}}"
+    return SaleKeys(
+        sale_id=sale_id,
+        sale=f"{base}:sale",
+        holders=f"{base}:holders",
+        deadlines=f"{base}:deadlines",
+        events=f"{base}:events",
+        fcodes=f"{base}:fcodes",
+        waves=f"{base}:waves",
+        queue_holders=f"{base}:qheld",
+        queue_bits=f"{base}:qbits",
+        _base=base,
+    )

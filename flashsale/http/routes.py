@@ -8,11 +8,12 @@ from flashsale.http import admin, admin_fcodes, bookings, health, shop
 
 
 def setup_routes(app: web.Application) -> None:
-    app.router.add_get("/healthz", health.healthz)
-    app.router.add_get("/v1/sales/{sale_id}", shop.get_sale)
+    # aiohttp tries the routes under one prefix in this order: the launch's hottest come first
     app.router.add_post("/v1/sales/{sale_id}/buy", shop.buy)
-    app.router.add_post("/v1/sales/{sale_id}/bookings", bookings.book)
     app.router.add_get("/v1/sales/{sale_id}/bookings/me", bookings.my_booking)
+    app.router.add_get("/v1/sales/{sale_id}", shop.get_sale)
+    app.router.add_post("/v1/sales/{sale_id}/bookings", bookings.book)
+    app.router.add_get("/healthz", health.healthz)
     app.router.add_get("/v1/orders/{order_id}", shop.get_order)
     app.router.add_post("/v1/orders/{order_id}/pay", shop.pay)
     app.router.add_post("/v1/orders/{order_id}/cancel", shop.cancel)

@@ -12,7 +12,9 @@ scripts/bench-bookings imports free_port, wait_http, write_tokens and cpu_second
     cleanup-redis REDIS_URL PREFIX              SCAN MATCH PREFIX:* and DEL (never FLUSH)
     redis-pid REDIS_URL                         the Redis server's pid if it runs on this
                                                 machine, else nothing
-    cpu-seconds PID                             user + system CPU seconds PID has used
+    cpu-seconds PID...                          user + system CPU seconds the PIDs have used
+    http-pids BASE N                            the pids of the N HTTP workers behind BASE
+                                                (from /healthz), one a line
     load URL TOKEN_FILE SECONDS CONNECTIONS     the fallback load generator (when wrk is
                                                 missing); prints the same BENCH lines as
                                                 buy.lua. Generator-bound: Python is slower
@@ -98,8 +100,29 @@ def drain(base: str, token: str, sale_id: str, seconds: str) -> None:
             print(f"BENCH available {stats['available']}")
             print(f"BENCH orders_in_postgres {in_pg}")
             print(f"BENCH drain_s {waited:.1f}{'' if done else ' (gave up)'}")
+            if stats["available"] == 0:
+                print(f"BENCH sellout_s {_sellout_s(sale_id):.2f}")
             return
         time.sleep(0.2)
+
+
+def _sellout_s(sale_id: str) -> float:
+    """From the first reservation to the last (Redis's clock, as PostgreSQL holds them)."""
+    import asyncpg
+
+    async def query() -> float:
+        conn = await asyncpg.connect(os.environ["FLASHSALE_DATABASE_URL"])
+        try:
+            span = await conn.fetchval(
+                "SELECT extract(epoch FROM max(created_at) - min(created_at))"
+                " FROM orders WHERE sale_id = $1",
+                sale_id,
+            )
+            return float(span)
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
 
 
 def cleanup_redis(url: str, prefix: str) -> None:
@@ -226,9 +249,22 @@ def mint_tokens(secret: str, count: str, path: str, ttl_s: str) -> None:
     print(f"minted {count} shopper tokens in {time.perf_counter() - started:.1f}s", flush=True)
 
 
-def cpu_seconds_command(pid: str) -> None:
-    seconds = cpu_seconds(pid)
-    print("nan" if seconds is None else f"{seconds:.2f}")
+def cpu_seconds_command(*pids: str) -> None:
+    seconds = [cpu_seconds(pid) for pid in pids]
+    print("nan" if None in seconds else f"{sum(s for s in seconds if s is not None):.2f}")
+
+
+def http_pids(base: str, count: str) -> None:
+    """Each new connection lands on some worker (SO_REUSEPORT): ask until all were seen."""
+    pids: set[int] = set()
+    deadline = time.monotonic() + 30
+    while len(pids) < int(count) and time.monotonic() < deadline:
+        req = urllib.request.Request(base + "/healthz", headers={"Connection": "close"})
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            pids.add(json.load(resp)["pid"])
+    if len(pids) < int(count):
+        sys.exit(f"saw only {len(pids)} of {count} workers behind {base}")
+    print("\n".join(str(pid) for pid in sorted(pids)))
 
 
 COMMANDS: dict[str, Callable[..., None]] = {
@@ -240,6 +276,7 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "cleanup-redis": cleanup_redis,
     "redis-pid": redis_pid,
     "cpu-seconds": cpu_seconds_command,
+    "http-pids": http_pids,
     "load": load,
 }
 

@@ -30,6 +30,7 @@ class Plan:
     drain_s: float  # the crowd stays this long after the sell-out (payments, late arrivals)
     max_s: float  # stop here even if the sale has not sold out
     pay_share: float  # share of winners who pay; the others never do
+    checkout_s: float  # a paying winner pays within this long of the 201
     double_click_share: float  # share of winners who press buy again (limit_reached expected)
     walk_in_share: float  # share of attempts by unbooked shoppers (booking_required expected)
     sold_out_retries: int  # a shopper told sold_out tries this many more times

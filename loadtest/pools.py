@@ -28,7 +28,8 @@ class Identity:
 
     @property
     def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.token}"}
+        # every request of the crowd that has a body sends JSON (an empty object, mostly)
+        return {"Authorization": f"Bearer {self.token}", "Content-Type": "application/json"}
 
 
 def pool_path(pool_dir: str | Path, name: str) -> Path:

@@ -13,10 +13,12 @@ PRESETS: dict[str, dict[str, float]] = {
     "full": {
         "stock": 100_000,
         "bookers": 7_500_000,
-        "users": 1000,
+        # more users only queue longer: 300 already keep these two cores busy
+        "users": 300,
         "ramp": 2.0,
         "drain": 3.0,
         "max": 300.0,
+        "checkout": 1.5,
     },
     # the same launch, small enough to run end to end in well under a minute
     "small": {
@@ -26,6 +28,7 @@ PRESETS: dict[str, dict[str, float]] = {
         "ramp": 1.0,
         "drain": 2.0,
         "max": 30.0,
+        "checkout": 1.5,
     },
 }
 
@@ -60,6 +63,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drain", type=float, help="seconds the crowd stays after the sell-out")
     p.add_argument("--max", type=float, help="longest sale in seconds, sold out or not")
     p.add_argument("--pay-share", type=float, default=0.9, help="winners who pay")
+    p.add_argument(
+        "--checkout",
+        type=float,
+        help="a paying winner pays within this many seconds of the 201 (uniformly from 0.2 s)",
+    )
     p.add_argument(
         "--double-click-share", type=float, default=0.05, help="winners who press buy again"
     )

@@ -187,3 +187,12 @@ async def gather_limited(limit: int, *coros: Any) -> list[Any]:
     async with asyncio.TaskGroup() as group:
         tasks = [group.create_task(run(c)) for c in coros]
     return [t.result() for t in tasks]
+
+
+async def assert_reconciled(service: Service, sale_id: str) -> None:
+    """``flashsale reconcile`` finds Redis and PostgreSQL in agreement (the writer drained)."""
+    from flashsale.cli.reconcile import reconcile, render
+
+    await service.wait_for_postgres(sale_id)
+    report, _ = await reconcile(service.services.pool, service.services.engine, sale_id)
+    assert report.clean, render(report, [])

@@ -22,7 +22,7 @@ from flashsale.settings import ConfirmMode, Settings
 from flashsale.store.writer import OrderWriter
 from tests import servers
 from tests.conftest import ServiceFactory
-from tests.helpers import Reply, flashsale_env, gather_limited
+from tests.helpers import Reply, assert_reconciled, flashsale_env, gather_limited
 
 private_redis = servers.private_redis
 private_postgres = servers.private_postgres
@@ -197,6 +197,7 @@ async def test_writer_killed_between_commit_and_ack_loses_and_doubles_nothing(
     assert by_status["cancelled"] == 30
     assert stats["orders_in_postgres"]["total"] == len(owner)
     assert stats["available"] + stats["reserved"] + stats["paid"] == stock
+    await assert_reconciled(service, sale_id)
 
 
 # -- b. confirm mode "postgres" while PostgreSQL crashes and comes back ----------------------
@@ -272,6 +273,9 @@ async def test_confirm_mode_postgres_across_a_postgres_crash(
     assert survivor["status"] == "reserved"
     final = (await engine.get_sale(sale_id)).counters
     assert (final.available, final.reserved) == (before.available - 1, before.reserved + 1)
+    # the undone reservation reaches PostgreSQL as cancelled, through the events stream
+    await OrderWriter(engine.redis, service.services.pool, engine.keys).drain()
+    await assert_reconciled(service, sale_id)
 
 
 # -- c. Redis frozen past the reservations' deadline -----------------------------------------
@@ -320,6 +324,7 @@ async def test_units_come_back_once_after_redis_was_frozen_past_the_deadline(
     assert await engine.redis.zcard(k.deadlines) == 0
     stats = await service.wait_for_postgres(sale_id)
     assert stats["orders_in_postgres"]["expired"] == 5
+    await assert_reconciled(service, sale_id)
 
 
 # -- d. Redis SIGKILLed mid-crowd, restarted from its AOF -------------------------------------
@@ -398,7 +403,7 @@ async def test_redis_crash_keeps_every_confirmed_order_and_never_oversells(
     held = cast(dict[str, str], await engine.redis.hgetall(engine.keys.sale(sale_id).holders))
     assert sum(int(v) for v in held.values()) == c.reserved + c.paid
     assert all(int(v) <= 1 for v in held.values()), "a shopper holds more than the limit"
-    await service.wait_for_postgres(sale_id)
+    await assert_reconciled(service, sale_id)
 
 
 async def test_no_503_once_redis_is_back(

@@ -1,5 +1,5 @@
 """``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale, F-codes,
-import and export bookings."""
+import and export bookings, reconcile Redis with PostgreSQL."""
 
 from __future__ import annotations
 
@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flashsale.cli.bookings import add_bookings_parser
 
     add_bookings_parser(sub)
+    from flashsale.cli.reconcile import add_reconcile_parser
+
+    add_reconcile_parser(sub)
     return parser
 
 

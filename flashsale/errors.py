@@ -201,5 +201,15 @@ class FcodeThrottled(FlashsaleError):
         self.retry_after_s = retry_after_s
 
 
+class RateLimited(FlashsaleError):
+    """More buy or book requests than the sale allows this shopper or address: wait a moment."""
+
+    status, code, default_message = 429, "rate_limited", "too many requests; wait a moment"
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1) -> None:
+        super().__init__(message or f"too many requests; try again in {retry_after_s} s")
+        self.retry_after_s = retry_after_s
+
+
 class Unavailable(FlashsaleError):
     status, code, default_message = 503, "unavailable", "a backing store is unavailable; try again"

@@ -102,6 +102,28 @@ class BookingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``rate`` requests a second on average, ``burst`` at once (GCRA); rate 0: off."""
+
+    rate: float
+    burst: int
+
+    @property
+    def interval_us(self) -> int:
+        """Microseconds between two requests at the average rate; 0 when off."""
+        return round(1_000_000 / self.rate) if self.rate > 0 else 0
+
+    def to_json(self) -> dict[str, float | int]:
+        return {"rate": self.rate, "burst": self.burst}
+
+
+# A person clicking buy, however eagerly, stays under this; a script hammering does not.
+DEFAULT_RATE_PER_USER = RateLimit(rate=10.0, burst=20)
+# Off unless a sale sets it: many shoppers can share one address (campus, carrier NAT).
+DEFAULT_RATE_PER_ADDRESS = RateLimit(rate=0.0, burst=0)
+
+
+@dataclass(frozen=True, slots=True)
 class SaleDefinition:
     """What an operator creates. Times are epoch milliseconds."""
 
@@ -118,6 +140,9 @@ class SaleDefinition:
     fcode_stock: int = 0
     fcode_opens_ms: int | None = None  # None: with the public, at ``starts_ms``
     booking: BookingPolicy | None = None  # None: no booking, anyone may buy
+    # buy and book requests allowed per shopper and per client address (429 beyond)
+    rate_per_user: RateLimit = DEFAULT_RATE_PER_USER
+    rate_per_address: RateLimit = DEFAULT_RATE_PER_ADDRESS
 
     @property
     def public_stock(self) -> int:
@@ -179,6 +204,10 @@ class SaleView:
             "fcode_stock": d.fcode_stock,
             "fcode_available": self.counters.fcode_available,
             "fcode_opens_at": iso(d.fcode_opens_at_ms),
+            "rate_limits": {
+                "per_user": d.rate_per_user.to_json(),
+                "per_address": d.rate_per_address.to_json(),
+            },
             **self._booking_json(now_ms),
         }
 

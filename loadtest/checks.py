@@ -101,6 +101,8 @@ def judge_buy(
         return Judgement("202 queued", None, j.body)
     if status == 410 and code == "sale_ended":
         return j
+    if status == 429 and code == "rate_limited":  # clicking faster than the sale allows
+        return j
     if campaign is not None:
         if (status == 409 and code in FCODE_REFUSALS) or (
             status == 429 and code == "fcode_throttled"

@@ -166,6 +166,8 @@ class BookedShopper(Shopper):
             self.pause = min(self.retry_after or 1.0, self.plan.poll_interval_s)
         elif code == "sale_not_open":
             self.pause = random.uniform(0.05, 0.2)  # hammering the button before the start
+        elif code == "rate_limited":
+            self.pause = self.retry_after or 1.0  # told to slow down: a polite client does
         elif code == "sold_out" or not j.ok:
             if code == "sold_out":
                 self.tries_left -= 1

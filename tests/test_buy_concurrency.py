@@ -61,6 +61,10 @@ async def test_sale_view_follows_the_stock(service: Service) -> None:
     assert set(view.body["sale"]) == {
         "sale_id", "sku", "name", "price_cents", "stock", "available", "per_user_limit",
         "starts_at", "ends_at", "status", "fcode_stock", "fcode_available", "fcode_opens_at",
+        "rate_limits",
+    }  # fmt: skip
+    assert view.body["sale"]["rate_limits"] == {
+        "per_user": {"rate": 10.0, "burst": 20}, "per_address": {"rate": 0.0, "burst": 0},
     }  # fmt: skip
     assert (await service.buy(sale["sale_id"], "a", {"quantity": 2})).status == 201
     view = await service.call("GET", f"/v1/sales/{sale['sale_id']}")

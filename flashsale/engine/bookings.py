@@ -15,7 +15,7 @@ from flashsale.booking.status import (
     arrival_standing,
     queued_standing,
 )
-from flashsale.engine.engine import Engine
+from flashsale.engine.engine import Engine, retry_after_s
 from flashsale.engine.keys import booking_slot
 from flashsale.models import Admission, iso
 
@@ -58,12 +58,15 @@ class Bookings:
         self.keys = engine.keys
         self.scripts = engine.scripts
 
-    async def book(self, sale_id: str, user_id: str) -> Booking:
+    async def book(self, sale_id: str, user_id: str, client_address: str = "") -> Booking:
         k = self.keys.sale(sale_id)
         bucket, field = booking_slot(user_id)
         result = await self.scripts.book(
-            self.engine.calls, [k.sale, k.booking_bucket(bucket), k.events], [field, user_id]
-        )
+            self.engine.calls,
+            [k.sale, k.booking_bucket(bucket), k.events, k.requests_of_user(user_id),
+             k.requests_of_address(client_address)],
+            [field, user_id],
+        )  # fmt: skip
         word = result[0]
         if word == "new":
             return Booking(booking_no=int(result[1]), new=True, booked_ms=int(result[2]))
@@ -150,4 +153,6 @@ def _book_error(result: list[str | int]) -> errors.FlashsaleError:
         return errors.BookingClosed(f"booking closed at {iso(int(result[1]))}")
     if word == "booking_full":
         return errors.BookingFull(f"all {int(result[1])} booking places have been taken")
+    if word == "rate_limited":
+        return errors.RateLimited(retry_after_s=retry_after_s(int(result[1])))
     return _BOOK_ERRORS[word]()

@@ -19,8 +19,11 @@ from flashsale.engine.sold_out import SoldOutGate
 from flashsale.engine.wire import Wire
 from flashsale.ids import new_order_id, sale_of_order
 from flashsale.models import (
+    DEFAULT_RATE_PER_ADDRESS,
+    DEFAULT_RATE_PER_USER,
     Order,
     OrderStatus,
+    RateLimit,
     SaleCounters,
     SaleDefinition,
     SaleState,
@@ -32,7 +35,7 @@ _SALE_FIELDS = (
     "state", "available", "reserved", "paid", "expired", "cancelled", "fcode_stock",
     "fcode_opens_ms", "fcode_available", "fcode_failures", "admission", "bk_opens_ms",
     "bk_closes_ms", "bk_required", "bk_capacity", "adm_ratio", "adm_window_s", "lottery_seed",
-    "bookings", "adm_slots",
+    "bookings", "adm_slots", "rl_user_rate", "rl_user_burst", "rl_addr_rate", "rl_addr_burst",
 )  # fmt: skip
 
 _SETTLE_ERRORS: dict[str, type[errors.FlashsaleError]] = {
@@ -53,6 +56,13 @@ _BUY_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "booking_required": errors.BookingRequired,
     "admission_passed": errors.AdmissionPassed,
 }
+
+
+def _rate_limit(fields: dict[str, str], who: str, default: RateLimit) -> RateLimit:
+    rate = fields.get(f"rl_{who}_rate")
+    if rate is None:  # a sale armed before rate limits existed
+        return default
+    return RateLimit(rate=float(rate), burst=int(fields[f"rl_{who}_burst"]))
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +89,11 @@ class Queued:
     admission_rate: float  # ranks admitted per second, over the last minute
     next_window_close_ms: int  # 0: no admission window is open
     now_ms: int
+
+
+def retry_after_s(wait_us: int) -> int:
+    """A wait in microseconds as a Retry-After: whole seconds, rounded up, at least 1."""
+    return max(1, -(-wait_us // 1_000_000))
 
 
 def request_fingerprint(quantity: int, fcode_digest: str) -> str:
@@ -115,7 +130,7 @@ class Engine:
         """Put a sale into Redis; False when it was armed already (nothing changes then)."""
         # Index first: a sale the writer cannot find would strand its orders in the stream.
         await self.redis.sadd(self.keys.sales_index, sale.sale_id)
-        fields: dict[str, str | int] = {
+        fields: dict[str, str | int | float] = {
             "sku": sale.sku,
             "name": sale.name,
             "price_cents": sale.price_cents,
@@ -129,6 +144,10 @@ class Engine:
             "fcode_opens_ms": sale.fcode_opens_at_ms,
             "available": sale.stock - sale.fcode_stock,
             "fcode_available": sale.fcode_stock,
+            "rl_user_rate": sale.rate_per_user.rate,
+            "rl_user_burst": sale.rate_per_user.burst,
+            "rl_addr_rate": sale.rate_per_address.rate,
+            "rl_addr_burst": sale.rate_per_address.burst,
             **booking_fields(sale),
         }
         queued = sale.booking is not None and sale.booking.admission.queued
@@ -163,6 +182,8 @@ class Engine:
             fcode_stock=int(f["fcode_stock"] or 0),
             fcode_opens_ms=int(f["fcode_opens_ms"] or f["starts_ms"]),
             booking=booking_policy(f),
+            rate_per_user=_rate_limit(f, "user", DEFAULT_RATE_PER_USER),
+            rate_per_address=_rate_limit(f, "addr", DEFAULT_RATE_PER_ADDRESS),
         )
         counters = SaleCounters(
             available=int(f["available"]),
@@ -223,6 +244,7 @@ class Engine:
                 k.sale, k.holders, k.deadlines, k.events, k.order(order_id), idem_key, k.fcodes,
                 k.fcode_failures_of_user(user_id), k.fcode_failures_of_address(client_address),
                 k.booking_bucket(bucket), k.waves, k.queue_holders, k.queue_bits,
+                k.requests_of_user(user_id), k.requests_of_address(client_address),
             ],
             [
                 user_id, quantity, order_id, fingerprint, self._idempotency_ttl_s, fcode_digest,
@@ -269,6 +291,8 @@ class Engine:
             return errors.InvalidRequest(f"quantity must be at most {int(result[1])} for this sale")
         if word == "fcode_throttled":
             return errors.FcodeThrottled(retry_after_s=max(1, -(-int(result[1]) // 1000)))
+        if word == "rate_limited":
+            return errors.RateLimited(retry_after_s=retry_after_s(int(result[1])))
         return _BUY_ERRORS[str(word)]()
 
     async def settle(self, order_id: str, user_id: str, action: str) -> Order:

@@ -23,6 +23,10 @@ key                                          type    contents and lifetime
 ``<p>:{<sale>}:fcfail:u:<n>:<user>``         string  failed F-codes of a user in the window;
                                                      ``fcode_failure_window_s``
 ``<p>:{<sale>}:fcfail:a:<address>``          string  the same per client address
+``<p>:{<sale>}:rl:u:<n>:<user>``             string  rate limit (GCRA) of a shopper's buy and
+                                                     book requests: the theoretical arrival time
+                                                     (µs); expires once it is in the past
+``<p>:{<sale>}:rl:a:<address>``              string  the same per client address
 ``<p>:{<sale>}:bk:<bucket>``                 hash    bookings: user digest (10 bytes) -> booking
                                                      number; 2**17 buckets so each stays a small
                                                      listpack (about 20 bytes a booking); kept
@@ -84,6 +88,12 @@ class SaleKeys:
 
     def fcode_failures_of_address(self, address: str) -> str:
         return f"{self._base}:fcfail:a:{address}"
+
+    def requests_of_user(self, user_id: str) -> str:
+        return f"{self._base}:rl:u:{len(user_id)}:{user_id}"
+
+    def requests_of_address(self, address: str) -> str:
+        return f"{self._base}:rl:a:{address}"
 
     def booking_bucket(self, bucket: int) -> str:
         return f"{self._base}:bk:{bucket}"

@@ -23,7 +23,15 @@ from flashsale.http.validation import (
     timestamp_ms,
 )
 from flashsale.ids import SALE_ID_RE, new_sale_id
-from flashsale.models import Admission, BookingPolicy, SaleDefinition, SaleState
+from flashsale.models import (
+    DEFAULT_RATE_PER_ADDRESS,
+    DEFAULT_RATE_PER_USER,
+    Admission,
+    BookingPolicy,
+    RateLimit,
+    SaleDefinition,
+    SaleState,
+)
 from flashsale.store import bookings as booking_store
 from flashsale.store import orders as order_store
 from flashsale.store import sales as sale_store
@@ -36,9 +44,13 @@ _BOOKING_FIELDS = frozenset({
 })  # fmt: skip
 _QUEUE_FIELDS = frozenset({"admission_ratio", "admission_window_s"})
 
+_RATE_FIELDS = frozenset({
+    "rate_per_user", "burst_per_user", "rate_per_address", "burst_per_address",
+})  # fmt: skip
+
 _SALE_FIELDS = frozenset({
     "sale_id", "sku", "name", "price_cents", "stock", "per_user_limit", "starts_at", "ends_at",
-    "reservation_ttl_s", "fcode_stock", "fcode_opens_at", *_BOOKING_FIELDS,
+    "reservation_ttl_s", "fcode_stock", "fcode_opens_at", *_BOOKING_FIELDS, *_RATE_FIELDS,
 })  # fmt: skip
 
 
@@ -86,7 +98,21 @@ def parse_sale(body: dict[str, object]) -> SaleDefinition:
         fcode_stock=fcode_stock,
         fcode_opens_ms=fcode_opens_ms,
         booking=_parse_booking(body, starts_ms, ends_ms),
+        rate_per_user=_parse_rate(body, "user", DEFAULT_RATE_PER_USER),
+        rate_per_address=_parse_rate(body, "address", DEFAULT_RATE_PER_ADDRESS),
     )
+
+
+def _parse_rate(body: dict[str, object], who: str, default: RateLimit) -> RateLimit:
+    """``rate_per_<who>`` requests a second (0: no limit) and ``burst_per_<who>`` at once."""
+    rate = number(body, f"rate_per_{who}", default=default.rate, minimum=0, maximum=1_000_000)
+    if rate == 0:
+        if body.get(f"burst_per_{who}", 0) != 0:
+            raise errors.InvalidRequest(f"'burst_per_{who}' needs a 'rate_per_{who}' above 0")
+        return RateLimit(0.0, 0)
+    burst = integer(body, f"burst_per_{who}", default=max(1, default.burst), minimum=1,
+                    maximum=1_000_000)  # fmt: skip
+    return RateLimit(rate, burst)
 
 
 def _parse_booking(body: dict[str, object], starts_ms: int, ends_ms: int) -> BookingPolicy | None:

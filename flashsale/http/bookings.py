@@ -19,7 +19,7 @@ async def book(request: web.Request) -> web.Response:
     sale_id = path_sale_id(request)
     body = await read_json_object(request, services.settings.max_body_bytes)
     reject_unknown(body, frozenset())
-    booking = await services.bookings.book(sale_id, user_id)
+    booking = await services.bookings.book(sale_id, user_id, request.remote or "")
     payload: dict[str, Any] = {
         "sale_id": sale_id,
         "user_id": user_id,

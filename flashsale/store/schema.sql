@@ -106,3 +106,10 @@ BEGIN
         WHERE s.sale_id = c.sale_id;
     END IF;
 END $$;
+
+-- Rate limits per sale (added after the booking queue): requests a second and burst, for buy
+-- and book, per shopper and per client address; a rate of 0 switches one off.
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS rate_per_user double precision NOT NULL DEFAULT 10;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS burst_per_user integer NOT NULL DEFAULT 20;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS rate_per_address double precision NOT NULL DEFAULT 0;
+ALTER TABLE sales ADD COLUMN IF NOT EXISTS burst_per_address integer NOT NULL DEFAULT 0;

@@ -20,6 +20,7 @@
 -- KEYS[4]  events stream           KEYS[9]  failed F-codes of this address (counter)
 -- KEYS[5]  order hash (of ARGV[3])  KEYS[10] the buyer's booking bucket
 -- KEYS[11] admission waves zset    KEYS[12] queue holders hash    KEYS[13] queue bits
+-- KEYS[14] rate limit of this user KEYS[15] rate limit of this client address
 -- ARGV[1]  user id                 ARGV[6]  F-code digest, "" for a public buy
 -- ARGV[2]  quantity                ARGV[7]  failures allowed per user per window
 -- ARGV[3]  new order id            ARGV[8]  failures allowed per address per window
@@ -32,6 +33,7 @@
 --          {"limit_reached", held, limit} | {"sold_out", available}
 --          {"fcode_throttled", retry_after_ms} | {"fcode_invalid"} | {"fcode_used"}
 --          {"fcode_revoked"} | {"booking_required"} | {"admission_passed"}
+--          {"rate_limited", wait_us}          more requests than the sale allows (GCRA)
 --          {"queued", ahead, booking_no or "", admission rate (/s), next window close (ms),
 --           now_ms}                                                  nothing reserved
 local user, qty, order_id, fingerprint = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
@@ -68,6 +70,24 @@ local function draw_rank(no, n, keys_csv)
   return x + 1
 end
 
+-- GCRA (the same in book.lua: scripts cannot share code). Returns the wait in microseconds when
+-- a request must be refused, else nil and the arrival time to store.
+local function gcra(key, rate, burst, now_us)
+  rate, burst = tonumber(rate or '0') or 0, tonumber(burst or '0') or 0
+  if rate <= 0 then return nil, nil end
+  local interval = math.floor(1000000 / rate + 0.5)
+  local tat = math.max(tonumber(redis.call('GET', key) or '0'), now_us)
+  local allow_at = tat - math.max(burst - 1, 0) * interval
+  if now_us < allow_at then return allow_at - now_us, nil end
+  return nil, tat + interval
+end
+
+local function remember(key, tat, now_us)
+  if tat then
+    redis.call('SET', key, string.format('%.0f', tat), 'PX', math.ceil((tat - now_us) / 1000) + 1)
+  end
+end
+
 -- The client library may resend a request whose reply it lost: the order id makes that a replay.
 local mine = redis.call('HMGET', KEYS[5], 'qty', 'created_ms', 'expires_ms', 'campaign')
 if mine[1] then
@@ -86,10 +106,19 @@ end
 
 local sale = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'available',
   'per_user_limit', 'ttl_s', 'fcode_available', 'fcode_opens_ms', 'admission', 'bk_required',
-  'reserved')
+  'reserved', 'rl_user_rate', 'rl_user_burst', 'rl_addr_rate', 'rl_addr_burst')
 if not sale[1] then return {'sale_not_found'} end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+-- the only writes before the checks: a request counts against the limits whatever its answer
+local wait_user, tat_user = gcra(KEYS[14], sale[12], sale[13], now_us)
+local wait_addr, tat_addr = gcra(KEYS[15], sale[14], sale[15], now_us)
+if wait_user or wait_addr then
+  return {'rate_limited', math.max(wait_user or 0, wait_addr or 0)}
+end
+remember(KEYS[14], tat_user, now_us)
+remember(KEYS[15], tat_addr, now_us)
 if sale[1] == 'closed' or now_ms >= tonumber(sale[3]) then return {'sale_ended'} end
 local opens_ms, pool = tonumber(sale[2]), 'available'
 if fcode ~= '' then opens_ms, pool = tonumber(sale[8]), 'fcode_available' end

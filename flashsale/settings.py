@@ -85,6 +85,8 @@ class Settings:
     fcode_failure_window_s: int = 60
     run_writer: bool = True
     run_sweeper: bool = True
+    # how long `serve` waits before starting a crashed worker or writer again
+    restart_delay_s: float = 1.0
     # The hot path's Redis connection: "lean" (flashsale/engine/wire.py, asyncio + hiredis) or
     # "redis-py" (its pooled connections); everything else always uses redis-py.
     redis_client: str = "lean"
@@ -144,6 +146,7 @@ class Settings:
             sweeper_interval_s=_env_float(
                 "FLASHSALE_SWEEPER_INTERVAL_S", defaults.sweeper_interval_s
             ),
+            restart_delay_s=_env_float("FLASHSALE_RESTART_DELAY_S", defaults.restart_delay_s),
             sold_out_recheck_s=_env_float(
                 "FLASHSALE_SOLD_OUT_RECHECK_S", defaults.sold_out_recheck_s
             ),

@@ -31,7 +31,6 @@ from flashsale.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RESTART_DELAY_S = 1.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -137,7 +136,7 @@ def serve_supervised(
             if not process.is_alive() and not stopping:
                 log.error("%s %s ended (exit %s); starting another", process.name, process.pid,
                           process.exitcode)  # fmt: skip
-                time.sleep(RESTART_DELAY_S)
+                time.sleep(settings.restart_delay_s)
                 if not stopping:
                     running[i] = start(i)
         time.sleep(0.2)

@@ -85,6 +85,10 @@ class Settings:
     fcode_failure_window_s: int = 60
     run_writer: bool = True
     run_sweeper: bool = True
+    # a Redis call not answered within this long fails (503 for a shopper) instead of hanging
+    redis_timeout_s: float = 5.0
+    # a PostgreSQL query unanswered this long fails (the writer retries; a shopper gets 503)
+    pg_timeout_s: float = 30.0
     # how long `serve` waits before starting a crashed worker or writer again
     restart_delay_s: float = 1.0
     # The hot path's Redis connection: "lean" (flashsale/engine/wire.py, asyncio + hiredis) or
@@ -147,6 +151,8 @@ class Settings:
                 "FLASHSALE_SWEEPER_INTERVAL_S", defaults.sweeper_interval_s
             ),
             restart_delay_s=_env_float("FLASHSALE_RESTART_DELAY_S", defaults.restart_delay_s),
+            redis_timeout_s=_env_float("FLASHSALE_REDIS_TIMEOUT_S", defaults.redis_timeout_s),
+            pg_timeout_s=_env_float("FLASHSALE_PG_TIMEOUT_S", defaults.pg_timeout_s),
             sold_out_recheck_s=_env_float(
                 "FLASHSALE_SOLD_OUT_RECHECK_S", defaults.sold_out_recheck_s
             ),

@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 async def run_writer(settings: Settings, consumer: str | None = None) -> None:
     redis = connect_redis(settings)
-    pool = await open_pool(settings.database_url, max_size=2)
+    pool = await open_pool(settings.database_url, max_size=2, timeout_s=settings.pg_timeout_s)
     writer = OrderWriter(
         redis,
         pool,

@@ -17,10 +17,10 @@ def connect_redis(settings: Settings) -> Redis:
     pool = BlockingConnectionPool.from_url(
         settings.redis_url,
         max_connections=settings.redis_max_connections,
-        timeout=5,
+        timeout=settings.redis_timeout_s,
         decode_responses=True,
-        socket_connect_timeout=2,
-        socket_timeout=5,
+        socket_connect_timeout=min(2.0, settings.redis_timeout_s),
+        socket_timeout=settings.redis_timeout_s,
         # Every script is idempotent by request (a buy by its order id), so a command whose
         # connection broke may be sent again safely.
         retry=Retry(ExponentialBackoff(cap=0.5, base=0.01), retries=3),

@@ -47,13 +47,18 @@ def _services_ctx(settings: Settings) -> Any:
         wire = None
         if settings.redis_client == "lean":
             if Wire.supports(settings.redis_url):
-                wire = Wire(settings.redis_url)
+                wire = Wire(
+                    settings.redis_url,
+                    connect_timeout_s=min(2.0, settings.redis_timeout_s),
+                    timeout_s=settings.redis_timeout_s,
+                )
             else:
                 log.warning("FLASHSALE_REDIS_URL is not plain redis://: the hot path uses redis-py")
         pool = await open_pool(
             settings.database_url,
             min_size=settings.pg_min_connections,
             max_size=settings.pg_max_connections,
+            timeout_s=settings.pg_timeout_s,
         )
         engine = Engine(
             redis,

@@ -46,10 +46,15 @@ async def apply_schema(conn: asyncpg.Connection) -> None:
         await conn.execute(schema)
 
 
-async def open_pool(url: str, *, min_size: int = 1, max_size: int = 8) -> asyncpg.Pool:
-    """The database exists and has the schema when this returns."""
+async def open_pool(
+    url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float | None = None
+) -> asyncpg.Pool:
+    """The database exists and has the schema when this returns. With ``timeout_s`` a query
+    unanswered that long fails (a connection that went silent is not waited on for ever)."""
     await ensure_database(url)
-    pool = await asyncpg.create_pool(url, min_size=min_size, max_size=max_size)
+    pool = await asyncpg.create_pool(
+        url, min_size=min_size, max_size=max_size, command_timeout=timeout_s
+    )
     async with pool.acquire() as conn:
         await apply_schema(conn)
     return pool

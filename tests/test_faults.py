@@ -5,6 +5,7 @@ its AOF fsynced at every write. Each promise is checked against what the stores 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import sys
@@ -422,3 +423,56 @@ async def test_no_503_once_redis_is_back(
     await wait_until("healthz 200 after the restart", healthy, timeout_s=10, interval_s=0.05)
     after = await gather_limited(50, *(service.buy(sale_id, f"x{i}") for i in range(100)))
     assert Counter(r.status for r in after) == {201: 100}
+
+
+# -- e. PostgreSQL down in the middle of a sale, default confirm mode -------------------------
+
+# 3 s in the suite; FLASHSALE_FAULT_PG_OUTAGE_S=30 for the full half minute
+PG_OUTAGE_S = float(os.environ.get("FLASHSALE_FAULT_PG_OUTAGE_S", "3"))
+
+
+@pytest.mark.timeout(PG_OUTAGE_S + 120)
+async def test_the_sale_goes_on_while_postgres_is_down_and_every_order_arrives_after(
+    private_postgres: servers.PrivatePostgres, make_service: ServiceFactory
+) -> None:
+    """``pg_ctl stop -m immediate`` mid-sale: buys, payments and cancels go on against Redis,
+    the writer waits, and once PostgreSQL is back every order reaches it (reconcile clean)."""
+    service = await make_service(database_url=private_postgres.url, pg_timeout_s=2.0)
+    stock = 300
+    sale_id = (await service.create_sale(stock=stock, per_user_limit=1))["sale_id"]
+    confirmed: dict[str, str] = {}
+
+    async def crowd(prefix: str, n: int) -> None:
+        replies = await gather_limited(
+            30, *(service.buy(sale_id, f"{prefix}{i}") for i in range(n))
+        )
+        for i, reply in enumerate(replies):
+            assert reply.status in (201, 409), reply.body
+            if reply.status == 201:
+                confirmed[reply.body["order"]["order_id"]] = f"{prefix}{i}"
+
+    await crowd("before", 100)
+    private_postgres.stop(mode="immediate")
+    outage_ends = time.monotonic() + PG_OUTAGE_S
+    await crowd("during", 150)
+    settled = list(confirmed)[:40]
+    answers = await gather_limited(20, *(service.order_action(o, confirmed[o], "pay")
+                                         for o in settled))  # fmt: skip
+    assert {a.status for a in answers} == {200}
+    await asyncio.sleep(max(0.0, outage_ends - time.monotonic()))
+    private_postgres.start()
+    await crowd("after", 100)
+    assert len(confirmed) == stock  # sold out, none twice
+
+    await assert_reconciled(service, sale_id)
+    conn = await asyncpg.connect(private_postgres.url)
+    try:
+        fetched = await conn.fetch(
+            "SELECT order_id, user_id, status FROM orders WHERE sale_id = $1", sale_id
+        )
+        rows = {r["order_id"]: r for r in fetched}
+    finally:
+        await conn.close()
+    assert set(rows) == set(confirmed)
+    assert all(rows[o]["user_id"] == u for o, u in confirmed.items())
+    assert sum(rows[o]["status"] == "paid" for o in settled) == 40

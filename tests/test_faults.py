@@ -476,3 +476,31 @@ async def test_the_sale_goes_on_while_postgres_is_down_and_every_order_arrives_a
     assert set(rows) == set(confirmed)
     assert all(rows[o]["user_id"] == u for o, u in confirmed.items())
     assert sum(rows[o]["status"] == "paid" for o in settled) == 40
+
+
+# -- f. the sweeper away past the deadlines, then several at once -----------------------------
+
+
+async def test_deadlines_passed_while_no_sweeper_ran_return_each_unit_once(
+    make_service: ServiceFactory,
+) -> None:
+    """No sweeper runs while the reservations expire; then four sweepers (four processes
+    coming back) race over the same deadlines: every unit comes back exactly once."""
+    from flashsale.engine.sweeper import Sweeper
+
+    service = await make_service(run_sweeper=False)
+    engine = service.services.engine
+    stock = 30
+    sale_id = (await service.create_sale(stock=stock, reservation_ttl_s=1))["sale_id"]
+    replies = await gather_limited(30, *(service.buy(sale_id, f"z{i}") for i in range(20)))
+    assert {r.status for r in replies} == {201}
+    await asyncio.sleep(1.3)
+    c = (await engine.get_sale(sale_id)).counters
+    assert (c.available, c.reserved, c.expired) == (stock - 20, 20, 0)  # nobody swept yet
+
+    sweepers = [Sweeper(engine, batch_size=3) for _ in range(4)]
+    for _ in range(10):
+        await asyncio.gather(*(s.sweep_once() for s in sweepers))
+    c = (await engine.get_sale(sale_id)).counters
+    assert (c.available, c.reserved, c.expired) == (stock, 0, 20)
+    await assert_reconciled(service, sale_id)

@@ -179,6 +179,13 @@ class SaleEnded(FlashsaleError):
     status, code, default_message = 410, "sale_ended", "the sale has ended"
 
 
+class RequestTimeout(FlashsaleError):
+    """The request body came too slowly; the connection is closed after the answer."""
+
+    status, code, default_message = 408, "request_timeout", "the request took too long to arrive"
+    close_connection = True
+
+
 class BodyTooLarge(FlashsaleError):
     status, code, default_message = 413, "body_too_large", "the request body is too large"
 

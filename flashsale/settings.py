@@ -85,6 +85,10 @@ class Settings:
     fcode_failure_window_s: int = 60
     run_writer: bool = True
     run_sweeper: bool = True
+    # a request body must arrive within this long (408 after); a connection that sends no
+    # complete request for this long is closed (slow clients cannot hold connections)
+    body_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
     # a Redis call not answered within this long fails (503 for a shopper) instead of hanging
     redis_timeout_s: float = 5.0
     # a PostgreSQL query unanswered this long fails (the writer retries; a shopper gets 503)
@@ -151,6 +155,10 @@ class Settings:
                 "FLASHSALE_SWEEPER_INTERVAL_S", defaults.sweeper_interval_s
             ),
             restart_delay_s=_env_float("FLASHSALE_RESTART_DELAY_S", defaults.restart_delay_s),
+            body_timeout_s=_env_float("FLASHSALE_BODY_TIMEOUT_S", defaults.body_timeout_s),
+            keepalive_timeout_s=_env_float(
+                "FLASHSALE_KEEPALIVE_TIMEOUT_S", defaults.keepalive_timeout_s
+            ),
             redis_timeout_s=_env_float("FLASHSALE_REDIS_TIMEOUT_S", defaults.redis_timeout_s),
             pg_timeout_s=_env_float("FLASHSALE_PG_TIMEOUT_S", defaults.pg_timeout_s),
             sold_out_recheck_s=_env_float(

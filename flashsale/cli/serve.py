@@ -59,6 +59,8 @@ def serve_one(
         access_log=None,
         print=lambda *_: None,
         reuse_port=reuse_port or None,
+        # from the connection's start too: a client dribbling headers is cut off by then
+        keepalive_timeout=settings.keepalive_timeout_s,
     )
 
 

@@ -177,7 +177,9 @@ def with_lottery_seed(sale: SaleDefinition, stored: SaleDefinition | None) -> Sa
 
 async def create_sale(request: web.Request) -> web.Response:
     services = admin_services(request)
-    body = await read_json_object(request, services.settings.admin_max_body_bytes)
+    body = await read_json_object(
+        request, services.settings.admin_max_body_bytes, services.settings.body_timeout_s
+    )
     requested = parse_sale(body)
     sale = with_lottery_seed(requested, None)
     # PostgreSQL holds the definition; Redis is armed from it. A create interrupted between the

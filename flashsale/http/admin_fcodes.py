@@ -29,7 +29,9 @@ _FIELDS = frozenset({"count", "campaign", "bind_users"})
 async def issue_fcodes(request: web.Request) -> web.Response:
     services = admin_services(request)
     sale_id = path_sale_id(request)
-    body = await read_json_object(request, services.settings.admin_max_body_bytes)
+    body = await read_json_object(
+        request, services.settings.admin_max_body_bytes, services.settings.body_timeout_s
+    )
     reject_unknown(body, _FIELDS)
     campaign = text(body, "campaign", max_len=64)
     check_campaign(campaign)

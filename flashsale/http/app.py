@@ -33,7 +33,11 @@ BACKGROUND_TASKS = web.AppKey("background_tasks", list[asyncio.Task[None]])
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=settings.admin_max_body_bytes
+        middlewares=[errors_middleware],
+        client_max_size=settings.admin_max_body_bytes,
+        # after an early answer (408, 413) aiohttp reads what is left of the body before it
+        # closes, 10 s by default: a slow client would hold the connection that long
+        handler_args={"lingering_time": 1.0},
     )
     setup_routes(app)
     app.cleanup_ctx.append(_services_ctx(settings))

@@ -17,7 +17,9 @@ async def book(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     user_id = services.shoppers.user_id(request.headers.get("Authorization"))
     sale_id = path_sale_id(request)
-    body = await read_json_object(request, services.settings.max_body_bytes)
+    body = await read_json_object(
+        request, services.settings.max_body_bytes, services.settings.body_timeout_s
+    )
     reject_unknown(body, frozenset())
     booking = await services.bookings.book(sale_id, user_id, request.remote or "")
     payload: dict[str, Any] = {

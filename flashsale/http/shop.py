@@ -39,7 +39,9 @@ async def buy(request: web.Request) -> web.Response:
     services = request.app[SERVICES]
     user_id = services.shoppers.user_id(request.headers.get("Authorization"))
     sale_id = path_sale_id(request)
-    body = await read_json_object(request, services.settings.max_body_bytes)
+    body = await read_json_object(
+        request, services.settings.max_body_bytes, services.settings.body_timeout_s
+    )
     reject_unknown(body, _BUY_FIELDS)
     quantity = integer(body, "quantity", default=1, minimum=1, maximum=_MAX_QUANTITY)
     fcode_digest = _fcode_digest(services, body, quantity)
@@ -143,7 +145,9 @@ async def cancel(request: web.Request) -> web.Response:
 async def _settle(request: web.Request, action: str) -> web.Response:
     services = request.app[SERVICES]
     user_id = services.shoppers.user_id(request.headers.get("Authorization"))
-    body = await read_json_object(request, services.settings.max_body_bytes)
+    body = await read_json_object(
+        request, services.settings.max_body_bytes, services.settings.body_timeout_s
+    )
     reject_unknown(body, frozenset())
     order = await services.engine.settle(request.match_info["order_id"], user_id, action)
     return json_response({"order": order.to_json()})

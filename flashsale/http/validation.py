@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -9,7 +10,13 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from flashsale.errors import BodyTooLarge, InvalidRequest, SaleNotFound, UnreadableBody
+from flashsale.errors import (
+    BodyTooLarge,
+    InvalidRequest,
+    RequestTimeout,
+    SaleNotFound,
+    UnreadableBody,
+)
 from flashsale.ids import SALE_ID_RE
 from flashsale.models import datetime_to_ms
 
@@ -18,20 +25,26 @@ _LATEST_MS = int(datetime(9999, 1, 1, tzinfo=UTC).timestamp() * 1000)
 _IDEMPOTENCY_KEY_RE = re.compile(r"\A[!-~]{1,255}\Z")  # visible ASCII, as Stripe allows
 
 
-async def read_json_object(request: web.Request, max_bytes: int) -> dict[str, Any]:
-    """The body as a JSON object; an empty body counts as ``{}``."""
+async def read_json_object(
+    request: web.Request, max_bytes: int, timeout_s: float
+) -> dict[str, Any]:
+    """The body as a JSON object; an empty body counts as ``{}``. A body that does not arrive
+    within ``timeout_s`` is refused: a slow client may not hold a connection for ever."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
     chunks: list[bytes] = []
     size = 0
     try:
-        while chunk := await request.content.read(max_bytes + 1 - size):
-            size += len(chunk)
-            if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
-                raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(timeout_s):
+            while chunk := await request.content.read(max_bytes + 1 - size):
+                size += len(chunk)
+                if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
+                    raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
+                chunks.append(chunk)
     except web.RequestPayloadError as exc:  # e.g. a body that does not match Content-Encoding
         raise UnreadableBody(f"the body could not be read: {exc}") from None
+    except TimeoutError:
+        raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
     body = b"".join(chunks)
     if not body.strip():
         return {}

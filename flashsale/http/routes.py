@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from flashsale.http import admin, admin_fcodes, bookings, health, shop
+from flashsale.http import admin, admin_fcodes, bookings, health, openapi, shop
 
 
 def setup_routes(app: web.Application) -> None:
@@ -14,6 +14,7 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/sales/{sale_id}", shop.get_sale)
     app.router.add_post("/v1/sales/{sale_id}/bookings", bookings.book)
     app.router.add_get("/healthz", health.healthz)
+    app.router.add_get("/openapi.json", openapi.serve_openapi)
     app.router.add_get("/v1/orders/{order_id}", shop.get_order)
     app.router.add_post("/v1/orders/{order_id}/pay", shop.pay)
     app.router.add_post("/v1/orders/{order_id}/cancel", shop.cancel)

@@ -19,6 +19,9 @@ BOOKING_STATES = frozenset({"waiting", "admitted", "purchased", "passed"})
 # the refusals a public buyer may correctly get; admission_passed only in a queued sale
 PUBLIC_REFUSALS = frozenset({"sold_out", "limit_reached", "sale_not_open"})
 FCODE_REFUSALS = frozenset({"sold_out", "fcode_used", "sale_not_open"})
+GUESS_REFUSALS = frozenset({
+    "fcode_invalid", "fcode_throttled", "rate_limited", "sold_out", "sale_not_open", "sale_ended",
+})  # fmt: skip
 PAY_REFUSALS = frozenset({"order_expired", "order_cancelled"})
 
 
@@ -113,6 +116,19 @@ def judge_buy(
         return j
     if status == 403 and code == "booking_required":
         return j if not booked else _bad(j, "booking_required for a booked shopper")
+    return _unexpected(j)
+
+
+def judge_guess(status: int, content: bytes | None, error: object = None) -> Judgement:
+    """A made-up F-code: it must be refused, as invalid, throttled or for the sale's state."""
+    j = _read(status, content, error)
+    if j.problem or j.body is None:
+        return j
+    code = j.body.get("error")
+    if status == 201:
+        return _bad(j, "201 for a guessed F-code")
+    if code in GUESS_REFUSALS and status in (409, 410, 429):
+        return j
     return _unexpected(j)
 
 

@@ -16,9 +16,11 @@ import time
 from typing import Any
 
 import gevent
+import orjson
 from locust import task
 from locust.contrib.fasthttp import FastHttpUser
 
+from flashsale.fcodes.codes import new_code
 from loadtest import checks
 from loadtest.context import Crowd, crowd
 from loadtest.pools import BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, Identity
@@ -252,6 +254,52 @@ class FcodeHolder(Shopper):
                 self.identity = None
         else:  # sold_out (the code stays unused), fcode_used, throttled, ended
             self.identity = None
+
+
+class Bot(Shopper):
+    """A scalper's script: many booked accounts, no pause between clicks (from before the
+    opening, ignoring Retry-After), and now and then a guessed F-code. The report shows what
+    share of the units such bots got and how many of their requests were refused."""
+
+    fixed_count = 0  # set from the plan when Locust initialises
+    role = "bot"
+
+    def on_start(self) -> None:
+        super().on_start()
+        self.sleep_until(self.plan.opens_at - 1.0)  # the script starts early
+
+    @task
+    def act(self) -> None:
+        if self.identity is None:
+            self.identity = self.crowd.pool(BUYERS).take()
+            if self.identity is None:
+                self.pause = 1.0
+                return
+        identity = self.identity
+        path = f"/v1/sales/{self.plan.sale_id}/buy"
+        self.pause = 0.0
+        if random.random() < GUESS_SHARE:
+            body = orjson.dumps({"fcode": new_code()})
+            self.send("POST", path, BUY, checks.judge_guess, data=body, headers=identity.headers)
+            return
+
+        def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
+            return checks.judge_buy(status, content, user=identity.user, booked=True,
+                                    queued_sale=self.plan.queued, error=error)  # fmt: skip
+
+        j = self.send("POST", path, BUY, judge, data=EMPTY_BODY, headers=identity.headers)
+        code = (j.body or {}).get("error")
+        if j.answer == "201" and j.ok:
+            order_id = (j.body or {})["order"]["order_id"]
+            self.crowd.recorder.order("reserved", order_id, identity.user, "bot")
+            self.identity = None  # on to the next account
+        elif code in ("limit_reached", "booking_required", "admission_passed"):
+            self.identity = None
+        elif j.answer == "202 queued":
+            self.identity = None  # this account waits in the queue: try another
+
+
+GUESS_SHARE = 0.1  # of a bot's requests that try a made-up F-code
 
 
 class LateArrival(Shopper):

@@ -20,12 +20,12 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.context import crowd, setup_crowd
-from loadtest.crowd_users import BookedShopper, FcodeHolder, LateArrival
+from loadtest.crowd_users import BookedShopper, Bot, FcodeHolder, LateArrival
 from loadtest.plan import Plan
 from loadtest.pools import loaded_pools
 from loadtest.watcher import WATCHER
 
-__all__ = ["BookedShopper", "FcodeHolder", "LateArrival", "LaunchShape"]
+__all__ = ["BookedShopper", "Bot", "FcodeHolder", "LateArrival", "LaunchShape"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
     setup_crowd(plan, role)
     # a fixed count is a class attribute; the master needs it to share users out
     FcodeHolder.fixed_count = plan.fcode_users
+    Bot.fixed_count = plan.bot_users
 
 
 def _owns_shape(environment: Environment) -> bool:

@@ -26,6 +26,7 @@ class Plan:
     locust_processes: int  # processes that take identities (1 locally, N workers)
     users: int  # the whole crowd, at full strength
     fcode_users: int  # of which hold F-codes (fixed count)
+    bot_users: int  # of which are scalpers' scripts (fixed count)
     ramp_s: float  # from none to the whole crowd
     drain_s: float  # the crowd stays this long after the sell-out (payments, late arrivals)
     max_s: float  # stop here even if the sale has not sold out

@@ -8,6 +8,7 @@ import random
 import subprocess
 from pathlib import Path
 
+import orjson
 import pytest
 
 from flashsale.booking.lottery import Draw
@@ -44,7 +45,14 @@ def test_small_rehearsal_sells_out_and_the_verdict_holds(
     assert report["p99_ms"] > 0
     assert report["failures"] == 0, report["errors"]
     buy = report["answers"]["POST /v1/sales/{id}/buy"]
-    assert buy["booked: 201"] + buy.get("fcode: 201", 0) == report["stock"]
+    bots = report["bots"]
+    assert buy["booked: 201"] + buy.get("fcode: 201", 0) + bots["units"] == report["stock"]
+    # the scalpers' scripts ran, hammered, guessed codes and were refused for it
+    assert bots["users"] == 10
+    assert bots["units"] == buy.get("bot: 201", 0)
+    assert bots["refused"] > 0
+    assert bots["refused_by_answer"].get("429 rate_limited", 0) > 0
+    assert buy.get("bot: 201", 0) + bots["refused"] <= bots["requests"]
     assert report["postgres"]["pg_caught_up_after_sellout_s"] is not None
     assert (out / "chart.png").read_bytes()[:8] == PNG_SIGNATURE
     assert "verdict: all invariants hold" in done.stdout
@@ -90,3 +98,15 @@ def test_buy_answers_are_judged_by_their_bodies(
 ) -> None:
     judgement = checks.judge_buy(status, body, user="u1", booked=booked, queued_sale=False)
     assert judgement.problem == problem
+
+
+def test_a_guessed_code_must_be_refused() -> None:
+    def judged(status: int, body: dict[str, object]) -> str | None:
+        return checks.judge_guess(status, orjson.dumps(body)).problem
+
+    assert judged(409, {"error": "fcode_invalid", "message": "no"}) is None
+    assert judged(429, {"error": "fcode_throttled", "message": "wait"}) is None
+    assert judged(429, {"error": "rate_limited", "message": "wait"}) is None
+    assert judged(201, {"order": {"order_id": "x"}}) == "201 for a guessed F-code"
+    assert judged(500, {"error": "internal_error", "message": "x"}) is not None
+    assert judged(409, {"error": "limit_reached", "message": "x"}) is not None

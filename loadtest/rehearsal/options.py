@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a paying winner pays within this many seconds of the 201 (uniformly from 0.2 s)",
     )
     p.add_argument(
+        "--bots",
+        type=int,
+        help="of the users, scalpers' scripts: many accounts, no pause, guessed F-codes "
+        "(default: one in twenty)",
+    )
+    p.add_argument(
         "--double-click-share", type=float, default=0.05, help="winners who press buy again"
     )
     p.add_argument(
@@ -131,6 +137,7 @@ class Sizes:
     pollers: int  # booked late arrivals
     walk_ins: int  # unbooked
     fcode_users: int
+    bot_users: int
 
     @property
     def tokens(self) -> int:
@@ -153,4 +160,5 @@ def sizes(args: argparse.Namespace) -> Sizes:
         pollers=pollers,
         walk_ins=math.ceil(buyers * args.walk_in_share * 2) + 10,
         fcode_users=min(codes, max(1, args.users // 20)) if codes else 0,
+        bot_users=min(args.bots if args.bots is not None else args.users // 20, args.users // 4),
     )

@@ -119,6 +119,27 @@ def answers(records: Records) -> dict[str, dict[str, int]]:
     return {e: dict(c.most_common()) for e, c in sorted(out.items())}
 
 
+def bots(plan: Plan, records: Records) -> dict[str, Any]:
+    """What the scalpers' scripts got: units, their share of the stock, and their refusals."""
+    sent: Counter[str] = Counter()
+    for (_, role, answer), n in records.answers.items():
+        if role == "bot":
+            sent[answer] += n
+    requests = sum(sent.values())
+    refused = {a: n for a, n in sent.items() if a.startswith("429") or "fcode_invalid" in a}
+    units = sum(1 for order in records.reserved.values() if order.get("lane") == "bot")
+    return {
+        "users": plan.bot_users,
+        "share_of_users": plan.bot_users / plan.users if plan.users else 0.0,
+        "requests": requests,
+        "refused": sum(refused.values()),
+        "refused_by_answer": dict(Counter(refused).most_common()),
+        "units": units,
+        "share_of_units": units / plan.stock if plan.stock else 0.0,
+        "answers": dict(sent.most_common()),
+    }
+
+
 def build_report(
     plan: Plan, records: Records, verdict: Verdict, extra: dict[str, Any]
 ) -> dict[str, Any]:
@@ -158,6 +179,7 @@ def build_report(
         "errors": dict(errors.most_common()),
         "failures_by_endpoint": failures,
         "answers": answers(records),
+        "bots": bots(plan, records),
         "postgres": postgres_lag(records, timing["sellout_at"], verdict),
         "crowd": {
             "pools": records.pools,

@@ -77,6 +77,14 @@ def render(r: dict[str, Any]) -> str:
     for endpoint, counts in r["answers"].items():
         shown = ", ".join(f"{k} {v:,}" for k, v in counts.items())
         lines.append(f"  {endpoint}: {shown}")
+    b = r["bots"]
+    if b["users"]:
+        refused = ", ".join(f"{k} {v:,}" for k, v in b["refused_by_answer"].items()) or "none"
+        lines.append(
+            f"bots: {b['users']} of the users ({b['share_of_users']:.0%}) got {b['units']:,} "
+            f"units = {b['share_of_units']:.1%} of the stock; {b['requests']:,} requests, "
+            f"{b['refused']:,} refused ({refused})"
+        )
     caught = pg["pg_caught_up_after_sellout_s"]
     lines.append(
         "PostgreSQL: "

@@ -423,6 +423,7 @@ async def test_no_503_once_redis_is_back(
     await wait_until("healthz 200 after the restart", healthy, timeout_s=10, interval_s=0.05)
     after = await gather_limited(50, *(service.buy(sale_id, f"x{i}") for i in range(100)))
     assert Counter(r.status for r in after) == {201: 100}
+    await assert_reconciled(service, sale_id)
 
 
 # -- e. PostgreSQL down in the middle of a sale, default confirm mode -------------------------

@@ -70,6 +70,7 @@ async def test_a_silent_redis_is_a_quick_503_and_the_service_recovers(
     assert (await service.buy(sale_id, "after")).status == 201
     stats = await service.stats(sale_id)
     assert stats["reserved"] == 2  # the refused buys reserved nothing
+    await assert_reconciled(service, sale_id)
 
 
 async def test_lost_replies_retried_with_their_key_never_reserve_twice(
@@ -112,6 +113,7 @@ async def test_reset_and_refused_connections_heal_by_themselves(
     replies = await gather_limited(10, *(service.buy(sale_id, f"r3-{i}") for i in range(10)))
     assert {r.status for r in replies} == {201}
     assert (await service.stats(sale_id))["reserved"] == 12
+    await assert_reconciled(service, sale_id)
 
 
 async def test_a_slow_redis_is_slow_not_wrong(
@@ -124,6 +126,8 @@ async def test_a_slow_redis_is_slow_not_wrong(
     replies = await gather_limited(10, *(service.buy(sale_id, f"s{i}") for i in range(10)))
     assert sorted(r.status for r in replies) == [201] * 5 + [409] * 5
     assert time.monotonic() - started >= 0.1  # both ways delayed
+    redis_proxy.mode = "pass"
+    await assert_reconciled(service, sale_id)
 
 
 async def test_a_silent_postgres_stalls_the_writer_not_the_sale(

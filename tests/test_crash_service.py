@@ -246,15 +246,15 @@ async def _orders_when_written(
     try:
         deadline = time.monotonic() + 60
         while True:
-            rows = await conn.fetch(
-                "SELECT order_id, user_id, quantity, status, version FROM orders"
-                " WHERE sale_id = $1",
-                sale_id,
-            )
-            by_id = {r["order_id"]: r for r in rows}
             code, _, _ = await run_flashsale(settings, "reconcile", sale_id)
             if code == 0 or time.monotonic() > deadline:
-                return by_id
+                break
             await asyncio.sleep(0.5)
+        # read after the stores agreed (read before, a row written meanwhile would be missed)
+        rows = await conn.fetch(
+            "SELECT order_id, user_id, quantity, status, version FROM orders WHERE sale_id = $1",
+            sale_id,
+        )
+        return {r["order_id"]: r for r in rows}
     finally:
         await conn.close()

@@ -177,11 +177,8 @@ def _units(report: Report, redis: RedisSide) -> None:
 
 
 def expected_holders(redis: RedisSide) -> dict[str, int]:
-    held: Counter[str] = Counter()
-    for row in redis.orders.values():
-        if row.status in HELD:
-            held[row.user_id] += row.quantity
-    return dict(held)
+    """Each shopper's held units (reserved + paid) as Redis's orders say."""
+    return _held_by_user(redis.orders)
 
 
 def _holders(report: Report, redis: RedisSide) -> None:

@@ -126,20 +126,12 @@ def _sellout_s(sale_id: str) -> float:
 
 
 def cleanup_redis(url: str, prefix: str) -> None:
-    import redis
+    from loadtest.rehearsal.stores import delete_keys  # the rehearsal's: SCAN + UNLINK
 
-    if not prefix or "*" in prefix:
-        sys.exit(f"refusing to clean up with prefix {prefix!r}")
-    client = redis.Redis.from_url(url)
-    deleted = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=f"{prefix}:*", count=1000):
-        batch.append(key)
-        if len(batch) >= 1000:
-            deleted += client.delete(*batch)
-            batch.clear()
-    if batch:
-        deleted += client.delete(*batch)
+    try:
+        deleted = delete_keys(url, prefix)
+    except ValueError as exc:
+        sys.exit(str(exc))
     print(f"deleted {deleted} Redis keys matching {prefix}:*")
 
 

@@ -32,20 +32,16 @@ async def read_json_object(
     within ``timeout_s`` is refused: a slow client may not hold a connection for ever."""
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
-    chunks: list[bytes] = []
-    size = 0
     try:
-        async with asyncio.timeout(timeout_s):
-            while chunk := await request.content.read(max_bytes + 1 - size):
-                size += len(chunk)
-                if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
-                    raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
-                chunks.append(chunk)
+        if request.content.is_eof():  # all of it is here already (the usual small body)
+            body = await _read_body(request, max_bytes)
+        else:
+            async with asyncio.timeout(timeout_s):
+                body = await _read_body(request, max_bytes)
     except web.RequestPayloadError as exc:  # e.g. a body that does not match Content-Encoding
         raise UnreadableBody(f"the body could not be read: {exc}") from None
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
-    body = b"".join(chunks)
     if not body.strip():
         return {}
     try:
@@ -55,6 +51,17 @@ async def read_json_object(
     if not isinstance(value, dict):
         raise InvalidRequest("the body must be a JSON object")
     return value
+
+
+async def _read_body(request: web.Request, max_bytes: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(max_bytes + 1 - size):
+        size += len(chunk)
+        if size > max_bytes:  # a chunked body has no Content-Length to refuse up front
+            raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def reject_unknown(body: dict[str, Any], allowed: frozenset[str]) -> None:

@@ -49,6 +49,7 @@ class FlashsaleError(Exception):
     code: ClassVar[str] = "internal_error"
     default_message: ClassVar[str] = "internal error"
     close_connection: ClassVar[bool] = False
+    retry_after_s: int | None = None  # sent as Retry-After when set
 
     def __init__(self, message: str | None = None) -> None:
         self.message = message or self.default_message

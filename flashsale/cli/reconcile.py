@@ -72,7 +72,7 @@ async def reconcile(
     repairs: list[str] = []
     if repair and any(f.repairable for f in report.findings):
         async with pool.acquire() as conn:
-            repairs = await apply_repairs(report, engine.redis, keys, conn, side)
+            repairs = await apply_repairs(report, engine.redis, engine.scripts, keys, conn, side)
         report, _ = await check()
     return report, repairs
 

@@ -290,7 +290,7 @@ class Engine:
         if word == "quantity_above_limit":
             return errors.InvalidRequest(f"quantity must be at most {int(result[1])} for this sale")
         if word == "fcode_throttled":
-            return errors.FcodeThrottled(retry_after_s=max(1, -(-int(result[1]) // 1000)))
+            return errors.FcodeThrottled(retry_after_s=retry_after_s(int(result[1]) * 1000))
         if word == "rate_limited":
             return errors.RateLimited(retry_after_s=retry_after_s(int(result[1])))
         return _BUY_ERRORS[str(word)]()

@@ -55,3 +55,7 @@ class Scripts:
         self.book = LuaScript.load("book")
         self.book_many = LuaScript.load("book_many")
         self.admit = LuaScript.load("admit")
+        # reconcile's compare-and-set repairs
+        self.repair_counters = LuaScript.load("repair_counters")
+        self.repair_holders = LuaScript.load("repair_holders")
+        self.repair_deadlines = LuaScript.load("repair_deadlines")

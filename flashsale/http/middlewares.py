@@ -10,7 +10,7 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flashsale.errors import FcodeThrottled, FlashsaleError, RateLimited
+from flashsale.errors import FlashsaleError
 from flashsale.http.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         response = error_response(exc.status, exc.code, exc.message)
         if exc.status == 401:
             response.headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(exc, FcodeThrottled | RateLimited):
+        if exc.retry_after_s is not None:
             response.headers["Retry-After"] = str(exc.retry_after_s)
         if exc.close_connection:
             response.force_close()

@@ -9,19 +9,21 @@ import asyncpg
 from redis.asyncio import Redis
 
 from flashsale.engine.keys import SaleKeys
-from flashsale.engine.scripts import LuaScript
+from flashsale.engine.scripts import Scripts
 from flashsale.reconcile.checks import Report, expected_counters, expected_holders
 from flashsale.reconcile.snapshot import RedisSide
 from flashsale.store.orders import upsert_orders
 
-_COUNTERS = LuaScript.load("repair_counters")
-_HOLDERS = LuaScript.load("repair_holders")
-_DEADLINES = LuaScript.load("repair_deadlines")
 _STATE_OF_LETTER = {"a": "issued", "u": "redeemed", "r": "revoked"}
 
 
 async def repair(
-    report: Report, redis: Redis, keys: SaleKeys, conn: asyncpg.Connection, side: RedisSide
+    report: Report,
+    redis: Redis,
+    scripts: Scripts,
+    keys: SaleKeys,
+    conn: asyncpg.Connection,
+    side: RedisSide,
 ) -> list[str]:
     """Apply the repairs of ``report``; what was done, one line each."""
     done: list[str] = []
@@ -35,7 +37,7 @@ async def repair(
             triples: list[str | int] = []
             for name, value in expected_counters(side).items():
                 triples += [name, side.sale.get(name, ""), value]
-            ok = await _COUNTERS(redis, [keys.sale], triples)
+            ok = await scripts.repair_counters(redis, [keys.sale], triples)
             done.append("set the unit counters from the orders" if ok
                         else "unit counters moved meanwhile: left alone")  # fmt: skip
         elif finding.kind == "holders_differ":
@@ -43,13 +45,13 @@ async def repair(
             triples = []
             for user in finding.items:
                 triples += [user, side.holders.get(user, 0), expected.get(user, 0)]
-            n = await _HOLDERS(redis, [keys.holders], triples)
+            n = await scripts.repair_holders(redis, [keys.holders], triples)
             done.append(f"set the held units of {n} of {len(finding.items)} shopper(s)")
         elif finding.kind in ("deadline_missing", "deadline_stale"):
             changed = 0
             for start in range(0, len(finding.items), 500):
                 ids = list(finding.items[start : start + 500])
-                changed += await _DEADLINES(
+                changed += await scripts.repair_deadlines(
                     redis, [keys.deadlines, *(keys.order(o) for o in ids)], ids
                 )
             done.append(f"{finding.kind}: {changed} deadline entr(ies) put right")

@@ -17,6 +17,23 @@ from flashsale.errors import Unauthorized
 
 _MAX_TOKEN_CHARS = 2048
 MAX_USER_ID_CHARS = 128  # a shopper's id: the token's "sub", and ids in lists
+USER_ID_RULE = (
+    f"a user id is 1 to {MAX_USER_ID_CHARS} printable characters, "
+    "without spaces at either end"
+)
+
+
+def is_user_id(value: object) -> bool:
+    """The one rule for a shopper's id, wherever it comes from: a token's ``sub``, a booking
+    list, an F-code binding. Printable rules out NUL, control characters, line breaks and lone
+    surrogates, which PostgreSQL's text, a CSV export or a log line cannot carry; spaces at
+    either end would make " alice" a shopper other than the "alice" of an imported list."""
+    return (
+        isinstance(value, str)
+        and 0 < len(value) <= MAX_USER_ID_CHARS
+        and value.isprintable()
+        and value == value.strip()
+    )
 
 
 def issue_token(secret: str, user_id: str, ttl_s: int = 3600) -> str:
@@ -24,13 +41,22 @@ def issue_token(secret: str, user_id: str, ttl_s: int = 3600) -> str:
     return jwt.encode({"sub": user_id, "iat": now, "exp": now + ttl_s}, secret, algorithm="HS256")
 
 
+# RFC 6750's b64token, loosened to any visible ASCII: a header that aiohttp decoded from
+# non-ASCII bytes (or anything else) can never match a token, so it is refused here, before
+# anything encodes or compares it
+_BEARER_TOKEN = re.compile(r"[!-~]+")
+
+
 def _bearer(header: str | None) -> str:
     if not header:
         raise Unauthorized("missing Authorization header")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip(" \t")
+    if scheme.lower() != "bearer" or not token:
         raise Unauthorized("the Authorization header must be 'Bearer <token>'")
-    return token.strip()
+    if not _BEARER_TOKEN.fullmatch(token):
+        raise Unauthorized("invalid token: a bearer token is visible ASCII characters")
+    return token
 
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -112,8 +138,11 @@ class ShopperAuth:
             raise Unauthorized("token too large")
         claims = self._verifier.claims(token, time.time())
         sub = claims.get("sub")
-        if not isinstance(sub, str) or not 0 < len(sub) <= MAX_USER_ID_CHARS:
-            raise Unauthorized("invalid token: 'sub' must be a non-empty string")
+        if not is_user_id(sub):
+            # checked before any state changes: a user id that PostgreSQL cannot store would
+            # reserve a unit in Redis and then stop the order writer
+            raise Unauthorized(f"invalid token: 'sub' must be a user id ({USER_ID_RULE})")
+        assert isinstance(sub, str)
         if len(self._cache) >= self._cache_size:
             self._cache.clear()  # crude but bounded; a re-check costs only a signature
         self._cache[token] = (sub, float(claims["exp"]))

@@ -87,7 +87,7 @@ def settings(redis_url: str, database_url: str, key_prefix: str) -> Settings:
         redis_url=redis_url,
         database_url=database_url,
         token_secret="test-secret-0123456789abcdef-" + key_prefix,
-        admin_token="test-admin-" + key_prefix,
+        admin_token="test-admin-token-0123456789abcdef-" + key_prefix,
         key_prefix=key_prefix,
         writer_block_ms=100,
         sweeper_interval_s=0.05,

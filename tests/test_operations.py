@@ -98,11 +98,22 @@ def test_token_command_refuses_without_a_secret(settings: Settings) -> None:
     assert "FLASHSALE_TOKEN_SECRET" in out.stderr
 
 
-def test_short_secret_is_refused(settings: Settings) -> None:
-    env = flashsale_env(settings, FLASHSALE_TOKEN_SECRET="too-short")
-    out = subprocess.run(_flashsale("token", "x"), env=env, capture_output=True, text=True)
-    assert out.returncode == 2
-    assert "32 bytes" in out.stderr
+@pytest.mark.parametrize("name", ["FLASHSALE_TOKEN_SECRET", "FLASHSALE_ADMIN_TOKEN"])
+@pytest.mark.parametrize(
+    ("value", "says"),
+    [("too-short", "32 bytes"), ("x" * 31, "32 bytes"), (" " + "x" * 40, "spaces"),
+     ("x" * 40 + "\n", "line breaks"), ("\t" + "x" * 40, "spaces")],
+)  # fmt: skip
+def test_weak_or_padded_secrets_are_refused_at_start(
+    settings: Settings, name: str, value: str, says: str
+) -> None:
+    env = flashsale_env(settings, **{name: value})
+    for command in (("serve", "--single-process", "--port", "1"), ("token", "x")):
+        out = subprocess.run(_flashsale(*command), env=env, capture_output=True, text=True)
+        assert out.returncode == 2, (command, out)
+        assert name in out.stderr, out.stderr
+        assert says in out.stderr, out.stderr
+        assert value.strip() not in out.stderr  # a secret is never echoed
 
 
 def _free_port() -> int:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import asyncpg
 
-from flashsale.auth import MAX_USER_ID_CHARS
+from flashsale.auth import USER_ID_RULE, is_user_id
 from flashsale.engine.bookings import Bookings
 from flashsale.engine.engine import now_ms
 from flashsale.store.bookings import copy_imported
@@ -58,10 +58,8 @@ def read_user_ids(path: Path) -> list[str]:
 
 
 def check_user_id(user: str, where: str) -> None:
-    if len(user) > MAX_USER_ID_CHARS:
-        raise BadListError(f"{where}: a user id may hold at most {MAX_USER_ID_CHARS} characters")
-    if not user.isprintable():
-        raise BadListError(f"{where}: a user id may not hold control characters")
+    if not is_user_id(user):
+        raise BadListError(f"{where}: {USER_ID_RULE}: {user[:80]!r}")
 
 
 def _batches(users: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -1,5 +1,5 @@
 """``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale, F-codes,
-import and export bookings, reconcile Redis with PostgreSQL."""
+import and export bookings, reconcile Redis with PostgreSQL, see events PostgreSQL refused."""
 
 from __future__ import annotations
 
@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flashsale.cli.reconcile import add_reconcile_parser
 
     add_reconcile_parser(sub)
+    from flashsale.cli.deadletters import add_deadletters_parser
+
+    add_deadletters_parser(sub)
     return parser
 
 

@@ -15,6 +15,9 @@ key                                          type    contents and lifetime
                                                      leaves when its order is paid or settled
 ``<p>:{<sale>}:events``                      stream  order events for the PostgreSQL writer; an
                                                      entry is deleted once committed
+``<p>:{<sale>}:deadletters``                 stream  events PostgreSQL refused for good (see
+                                                     store/dead_letters.py), with the reason;
+                                                     kept until retried
 ``<p>:{<sale>}:order:<order_id>``            hash    one order; kept
 ``<p>:{<sale>}:idem:<n>:<user>:<key>``       string  first answer to an Idempotency-Key;
                                                      ``idempotency_ttl_s``
@@ -70,6 +73,7 @@ class SaleKeys:
     holders: str
     deadlines: str
     events: str
+    dead_letters: str
     fcodes: str
     waves: str
     queue_holders: str
@@ -122,6 +126,7 @@ def _sale_keys(prefix: str, sale_id: str) -> SaleKeys:
         holders=f"{base}:holders",
         deadlines=f"{base}:deadlines",
         events=f"{base}:events",
+        dead_letters=f"{base}:deadletters",
         fcodes=f"{base}:fcodes",
         waves=f"{base}:waves",
         queue_holders=f"{base}:qheld",

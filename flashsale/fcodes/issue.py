@@ -22,7 +22,7 @@ from itertools import repeat
 import asyncpg
 
 from flashsale import errors
-from flashsale.auth import MAX_USER_ID_CHARS
+from flashsale.auth import USER_ID_RULE, is_user_id
 from flashsale.engine.engine import Engine
 from flashsale.fcodes import codes
 from flashsale.store import sales as sale_store
@@ -61,10 +61,8 @@ def check_campaign(campaign: str) -> None:
 def check_users(users: Sequence[str]) -> None:
     seen: set[str] = set()
     for user in users:
-        if not 0 < len(user) <= MAX_USER_ID_CHARS or not user.isprintable():
-            raise errors.InvalidRequest(
-                f"a user id is 1 to {MAX_USER_ID_CHARS} printable characters: {user[:80]!r}"
-            )
+        if not is_user_id(user):
+            raise errors.InvalidRequest(f"{USER_ID_RULE}: {user[:80]!r}")
         if user in seen:
             raise errors.InvalidRequest(f"user {user!r} is listed twice: one code per user")
         seen.add(user)

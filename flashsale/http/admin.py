@@ -33,6 +33,7 @@ from flashsale.models import (
     SaleState,
 )
 from flashsale.store import bookings as booking_store
+from flashsale.store import dead_letters
 from flashsale.store import orders as order_store
 from flashsale.store import sales as sale_store
 
@@ -225,6 +226,7 @@ async def sale_stats(request: web.Request) -> web.Response:
     sale_id = path_sale_id(request)
     view = await services.engine.get_sale(sale_id)
     in_postgres = await order_store.count_by_status(services.pool, sale_id)
+    refused = await dead_letters.count(services.engine.redis, services.engine.keys.sale(sale_id))
     c = view.counters
     queue = {}
     if view.definition.booking is not None:
@@ -246,6 +248,8 @@ async def sale_stats(request: web.Request) -> web.Response:
             "expired": c.expired,
             "cancelled": c.cancelled,
             "orders_in_postgres": in_postgres,
+            # events PostgreSQL refused for good: `flashsale deadletters` shows them
+            "dead_letters": refused,
             **queue,
         }
     })  # fmt: skip

@@ -76,6 +76,7 @@ def compare(sale_id: str, redis: RedisSide, pg: PostgresSide) -> Report:
     _limit(report, redis, pg)
     _fcodes(report, redis, pg)
     _bookings(report, redis, pg)
+    _dead_letters(report, redis)
     return report
 
 
@@ -284,3 +285,18 @@ def _bookings(report: Report, redis: RedisSide, pg: PostgresSide) -> None:
         ))  # fmt: skip
     else:
         report.checked.append(f"bookings: {in_redis} in both")
+
+
+def _dead_letters(report: Report, redis: RedisSide) -> None:
+    letters = redis.dead_letters
+    if not letters:
+        report.checked.append("dead letters: none")
+        return
+    first = letters[0]
+    what = first.fields.get("order_id") or f"booking {first.fields.get('booking_no', '?')}"
+    report.findings.append(Finding(
+        "dead_letters",
+        f"{len(letters)} event(s) PostgreSQL refused, set aside (first: {what}: {first.reason}); "
+        "`flashsale deadletters` lists them and retries them once the cause is fixed",
+        items=tuple(letter.fields.get("order_id") or letter.event_id for letter in letters),
+    ))  # fmt: skip

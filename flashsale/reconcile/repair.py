@@ -12,7 +12,8 @@ from flashsale.engine.keys import SaleKeys
 from flashsale.engine.scripts import Scripts
 from flashsale.reconcile.checks import Report, expected_counters, expected_holders
 from flashsale.reconcile.snapshot import RedisSide
-from flashsale.store.orders import upsert_orders
+from flashsale.store.dead_letters import PERMANENT_ERRORS, describe
+from flashsale.store.orders import OrderRow, upsert_orders
 
 _STATE_OF_LETTER = {"a": "issued", "u": "redeemed", "r": "revoked"}
 
@@ -31,8 +32,7 @@ async def repair(
         if not finding.repairable:
             continue
         if finding.kind == "postgres_behind":
-            await upsert_orders(conn, [side.orders[o] for o in finding.items])
-            done.append(f"wrote {len(finding.items)} order(s) from Redis to PostgreSQL")
+            done += await _write_orders(conn, [side.orders[o] for o in finding.items])
         elif finding.kind == "units_differ":
             triples: list[str | int] = []
             for name, value in expected_counters(side).items():
@@ -68,3 +68,20 @@ async def repair(
             )
             done.append(f"set the state of {len(rows)} F-code(s) in PostgreSQL from Redis")
     return done
+
+
+async def _write_orders(conn: asyncpg.Connection, rows: list[OrderRow]) -> list[str]:
+    """Write Redis's orders to PostgreSQL; one it refuses for good (as the writer's dead letters)
+    is reported, not allowed to stop the others."""
+    try:
+        await upsert_orders(conn, rows)
+        return [f"wrote {len(rows)} order(s) from Redis to PostgreSQL"]
+    except PERMANENT_ERRORS:
+        pass
+    refused: list[str] = []
+    for row in rows:
+        try:
+            await upsert_orders(conn, [row])
+        except PERMANENT_ERRORS as exc:
+            refused.append(f"PostgreSQL refused order {row.order_id}: {describe(exc)}")
+    return [f"wrote {len(rows) - len(refused)} order(s) from Redis to PostgreSQL", *refused]

@@ -14,6 +14,8 @@ import asyncpg
 from redis.asyncio import Redis
 
 from flashsale.engine.keys import SaleKeys
+from flashsale.store import dead_letters
+from flashsale.store.dead_letters import DeadLetter
 from flashsale.store.orders import OrderRow
 
 _ORDER_FIELDS = ("user", "qty", "status", "v", "created_ms", "updated_ms", "expires_ms",
@@ -31,6 +33,7 @@ class RedisSide:
     deadlines: dict[str, int] = field(default_factory=dict)  # order id -> expiry ms
     fcodes: dict[str, str] = field(default_factory=dict)  # digest -> state|campaign|order|user
     events_pending: int = 0  # order and booking events not yet written to PostgreSQL
+    dead_letters: list[DeadLetter] = field(default_factory=list)  # events PostgreSQL refused
 
     def counter(self, name: str) -> int:
         return int(self.sale.get(name) or 0)
@@ -77,6 +80,7 @@ async def read_redis(redis: Redis, keys: SaleKeys, sale_id: str) -> RedisSide:
     side.deadlines = {member: int(score) for member, score in deadlines}
     side.fcodes = await _hash(redis, keys.fcodes)
     side.events_pending = int(await redis.xlen(keys.events))
+    side.dead_letters = await dead_letters.read(redis, keys)
     after = await _hash(redis, keys.sale)
     side.settled = all(before.get(name) == after.get(name) for name in _COUNTERS)
     side.sale = after

@@ -5,6 +5,10 @@ to PostgreSQL first and acknowledged (and deleted) in Redis after, so a crash in
 makes the batch be written again, which the versioned upsert turns into a no-op. Entries left
 pending by a writer that died are claimed by another after ``reclaim_idle_ms``; a restarted
 writer first re-reads its own pending entries.
+
+An event PostgreSQL refuses for good (a value it cannot store) is set aside as a dead letter
+(store/dead_letters.py) instead of being retried for ever: one bad event never holds up the
+others.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import logging
 import os
 import socket
 import time
+from collections import defaultdict
+from dataclasses import dataclass
 from typing import cast
 
 import asyncpg
@@ -22,12 +28,21 @@ from redis.exceptions import RedisError, ResponseError
 
 from flashsale.engine.keys import WRITER_GROUP, Keyspace
 from flashsale.failpoints import failpoint
+from flashsale.store import dead_letters
 from flashsale.store.bookings import BookingRow, insert_bookings
 from flashsale.store.orders import OrderRow, upsert_orders
 
 log = logging.getLogger(__name__)
 
 StreamEntries = list[tuple[str, dict[str, str] | None]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Event:
+    stream: str
+    entry_id: str
+    fields: dict[str, str]
+    row: OrderRow | BookingRow
 
 
 class OrderWriter:
@@ -50,6 +65,7 @@ class OrderWriter:
         self.reclaim_idle_ms = reclaim_idle_ms
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.written = 0
+        self.dead_lettered = 0
         self._streams: list[str] = []
         self._stream_sales: dict[str, str] = {}
         self._grouped: set[str] = set()
@@ -149,33 +165,81 @@ class OrderWriter:
         return written
 
     async def _commit(self, batches: list[tuple[str, StreamEntries]]) -> int:
-        rows: list[OrderRow] = []
-        bookings: list[BookingRow] = []
+        events: list[_Event] = []
+        refused: list[tuple[str, str, dict[str, str], str]] = []  # stream, id, fields, reason
         ids: dict[str, list[str]] = {}
         for stream, entries in batches:
             for entry_id, fields in entries:
                 ids.setdefault(stream, []).append(entry_id)
                 if not fields:  # None: the entry was deleted after a commit, nothing to write
                     continue
-                if fields.get("kind") == "booking":
-                    bookings.append(BookingRow.from_event(self._sale_of_stream(stream), fields))
-                else:
-                    rows.append(OrderRow.from_event(fields))
+                try:
+                    row = self._row(stream, fields)
+                except dead_letters.PERMANENT_ERRORS as exc:  # an event nobody can read
+                    refused.append((stream, entry_id, fields, dead_letters.describe(exc)))
+                    continue
+                events.append(_Event(stream, entry_id, fields, row))
         if not ids:
             return 0
-        await upsert_orders(self.pool, rows)
-        await insert_bookings(self.pool, bookings)
+        unreadable = len(refused)
+        try:
+            await self._write([e.row for e in events])
+        except dead_letters.PERMANENT_ERRORS:
+            # Some event of the batch is one PostgreSQL will never take: write them one by one
+            # (replays are harmless) to find it, and set it aside.
+            for event in events:
+                try:
+                    await self._write([event.row])
+                except dead_letters.PERMANENT_ERRORS as exc:
+                    refused.append(
+                        (event.stream, event.entry_id, event.fields, dead_letters.describe(exc))
+                    )
         failpoint("writer.after_commit")
+        if refused:
+            await self._set_aside(refused)
+            gone = {(stream, entry_id) for stream, entry_id, _, _ in refused}
+            ids = {
+                stream: [i for i in entry_ids if (stream, i) not in gone]
+                for stream, entry_ids in ids.items()
+            }
         async with self.redis.pipeline(transaction=False) as pipe:
             for stream, entry_ids in ids.items():
-                _ = pipe.xack(stream, WRITER_GROUP, *entry_ids)
-                _ = pipe.xdel(stream, *entry_ids)
+                if entry_ids:
+                    _ = pipe.xack(stream, WRITER_GROUP, *entry_ids)
+                    _ = pipe.xdel(stream, *entry_ids)
             await pipe.execute()
-        self.written += len(rows) + len(bookings)
-        return len(rows) + len(bookings)
+        written = len(events) - (len(refused) - unreadable)
+        self.written += written
+        return written
+
+    def _row(self, stream: str, fields: dict[str, str]) -> OrderRow | BookingRow:
+        if fields.get("kind") == "booking":
+            return BookingRow.from_event(self._sale_of_stream(stream), fields)
+        return OrderRow.from_event(fields)
+
+    async def _write(self, rows: list[OrderRow | BookingRow]) -> None:
+        await upsert_orders(self.pool, [r for r in rows if isinstance(r, OrderRow)])
+        await insert_bookings(self.pool, [r for r in rows if isinstance(r, BookingRow)])
+
+    async def _set_aside(self, refused: list[tuple[str, str, dict[str, str], str]]) -> None:
+        by_stream: dict[str, list[tuple[str, dict[str, str], str]]] = defaultdict(list)
+        # in stream order, whichever way each was found out
+        for stream, entry_id, fields, reason in sorted(refused, key=_stream_order):
+            by_stream[stream].append((entry_id, fields, reason))
+        now = time.time_ns() // 1_000_000
+        for stream, letters in by_stream.items():
+            keys = self.keys.sale(self._sale_of_stream(stream))
+            await dead_letters.set_aside(self.redis, keys, letters, now)
+        self.dead_lettered += len(refused)
 
     def _sale_of_stream(self, stream: str) -> str:
         sale_id = self._stream_sales.get(stream)
         if sale_id is None:
             raise ValueError(f"events of an unknown stream: {stream!r}")
         return sale_id
+
+
+def _stream_order(refusal: tuple[str, str, dict[str, str], str]) -> tuple[str, int, int]:
+    stream, entry_id = refusal[0], refusal[1]
+    ms, _, seq = entry_id.partition("-")
+    return stream, int(ms), int(seq or 0)

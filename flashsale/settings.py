@@ -47,6 +47,21 @@ def _env_float(name: str, default: float) -> float:
         raise SettingsError(f"{name} must be a number, got {raw!r}") from None
 
 
+def _secret(name: str, default: str) -> str:
+    """A secret from the environment: at least 32 bytes, and nothing a copy and paste (or a
+    trailing newline of a secrets file) could have added around it, since a client would
+    send the token without it and be refused with no clue why."""
+    value = os.environ.get(name) or default
+    if value != value.strip():
+        raise SettingsError(f"{name} has spaces or line breaks at its start or end: remove them")
+    if len(value.encode()) < 32:
+        raise SettingsError(
+            f"{name} must be at least 32 bytes long, e.g. "
+            "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+        )
+    return value
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Service settings. Build with :meth:`from_env`; every field has a ``FLASHSALE_*`` twin."""
@@ -80,8 +95,11 @@ class Settings:
     # F-codes are stored as HMAC digests under this key. Unset, it is derived from the token
     # secret; set it explicitly to rotate the two independently.
     fcode_secret: str = ""
+    # F-code guesses (codes that are not the shopper's to use) allowed per window; 0 is no
+    # limit. The address limit is off by default: many shoppers share one address (carrier
+    # NAT, a campus), and one guesser behind it would lock them all out.
     fcode_failures_per_user: int = 5
-    fcode_failures_per_address: int = 20
+    fcode_failures_per_address: int = 0
     fcode_failure_window_s: int = 60
     run_writer: bool = True
     run_sweeper: bool = True
@@ -128,15 +146,15 @@ class Settings:
             raise SettingsError(
                 f"FLASHSALE_REDIS_CLIENT must be 'lean' or 'redis-py', got {client!r}"
             )
-        secret = env("FLASHSALE_TOKEN_SECRET") or defaults.token_secret
-        if len(secret.encode()) < 32:
-            # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits)
-            raise SettingsError("FLASHSALE_TOKEN_SECRET must be at least 32 bytes long")
+        # RFC 7518 3.2: an HS256 key must be at least as long as the hash (256 bits); the
+        # admin token guards every operator action, so it gets the same floor
+        secret = _secret("FLASHSALE_TOKEN_SECRET", defaults.token_secret)
+        admin_token = _secret("FLASHSALE_ADMIN_TOKEN", defaults.admin_token)
         return cls(
             redis_url=env("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
             database_url=env("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
             token_secret=secret,
-            admin_token=env("FLASHSALE_ADMIN_TOKEN") or defaults.admin_token,
+            admin_token=admin_token,
             key_prefix=prefix,
             confirm_mode=confirm_mode,
             max_body_bytes=_env_int("FLASHSALE_MAX_BODY_BYTES", defaults.max_body_bytes),

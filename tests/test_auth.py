@@ -274,3 +274,31 @@ def test_the_verifier_takes_strict_base64url_only() -> None:
     for spelling in spellings:
         with pytest.raises(Unauthorized):
             auth.user_id(f"Bearer {spelling}")
+
+
+async def _raw_request(service: Service, head: bytes) -> tuple[int, dict[str, Any]]:
+    """Send bytes no HTTP client library would (a header of non-ASCII bytes), read the answer."""
+    host, port = service.client.server.host, service.client.server.port
+    assert port is not None
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(head + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    status_line, _, rest = raw.partition(b"\r\n")
+    _, _, body = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize("token", [b"\xff", b"\xc3\xa9t\xc3\xa9", b"abc\xff.def.ghi", b"a\x80"])
+async def test_non_ascii_bearer_bytes_are_401_not_500(service: Service, token: bytes) -> None:
+    sale = await service.create_sale(stock=10)
+    sid = sale["sale_id"].encode()
+    for path in (b"/v1/sales/" + sid + b"/buy", b"/v1/admin/sales/" + sid + b"/close"):
+        head = b"POST " + path + b" HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + token + b"\r\n"
+        status, body = await _raw_request(service, head)
+        assert (status, body["error"]) == (401, "unauthorized"), (token, path, body)
+    assert (await service.stats(sale["sale_id"]))["reserved"] == 0
+    assert (await service.call("GET", f"/v1/sales/{sale['sale_id']}")).body["sale"]["status"] == "open"

@@ -225,11 +225,11 @@ async def test_revoke_by_code_file_and_campaign_and_stats(
         for c in s["campaigns"]
     }
     assert counts == {"c1": (20, 1, 5, 14), "c2": (5, 0, 5, 0)}
-    assert s["fcode_failures"] == 1  # the revoked code tried above
+    assert s["fcode_failures"] == 0  # the revoked code tried above is a real code, not a guess
     rc, out, _ = await fcodes_cli(settings, "stats", sale_id)
     assert rc == 0
     assert re.search(r"^c1\s+20\s+1\s+5\s+14\s", out, re.M), out
-    assert "refused F-code attempts (Redis): 1" in out
+    assert "F-code guesses refused (Redis): 0" in out
 
 
 async def test_check_reports_states_and_rejects_malformed_codes(

@@ -246,7 +246,7 @@ def cmd_stats(args: argparse.Namespace, settings: Settings) -> int:
         if not rows:
             print(f"(no F-code campaigns for sale {args.sale_id})")
         failures = "n/a (not armed)" if s.fcode_failures is None else f"{s.fcode_failures:,}"
-        print(f"refused F-code attempts (Redis): {failures}")
+        print(f"F-code guesses refused (Redis): {failures}")
         return 0
 
     return _run(settings, job)

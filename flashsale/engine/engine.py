@@ -67,10 +67,12 @@ def _rate_limit(fields: dict[str, str], who: str, default: RateLimit) -> RateLim
 
 @dataclass(frozen=True, slots=True)
 class FcodeLimits:
-    """How many failed F-codes a user or an address may send per window before a pause."""
+    """How many F-code guesses a user or an address may send per window before a pause; 0 is
+    no limit. A guess is a code the shopper may not use (unknown here, or bound to someone
+    else); a used or revoked code is a real one and never counts."""
 
     per_user: int = 5
-    per_address: int = 20
+    per_address: int = 0
     window_s: int = 60
 
 
@@ -226,8 +228,11 @@ class Engine:
         and the unit comes from the F-code stock. In a sale with a booking queue, a shopper not
         yet admitted gets their place (:class:`Queued`) and nothing is reserved."""
         public = not fcode_digest
-        # An F-code buyer must still hear about a wrong code, not "sold out" of the public lane.
-        if public and self.sold_out.is_sold_out(sale_id):
+        # The memory answers only public buys without a key. An F-code buyer must still hear
+        # about a wrong code, not "sold out" of the public lane; and a keyed buy may be the
+        # retry of one that reserved, whose first answer stands whatever the sale's state now:
+        # only the script, which looks up the key before anything else, can tell.
+        if public and idempotency_key is None and self.sold_out.is_sold_out(sale_id):
             raise errors.SoldOut()
         k = self.keys.sale(sale_id)
         order_id = new_order_id(sale_id)
@@ -265,8 +270,24 @@ class Engine:
                 status=OrderStatus.RESERVED, created_ms=int(created_ms),
                 expires_ms=int(expires_ms), updated_ms=int(created_ms), campaign=str(campaign),
             )  # fmt: skip
-            return BuyOutcome(order=order, replayed=word == "replay")
+            if word == "ok":
+                return BuyOutcome(order=order, replayed=False)
+            return BuyOutcome(order=await self._as_it_is_now(order), replayed=True)
         raise self._buy_error(sale_id, result, public=public)
+
+    async def _as_it_is_now(self, order: Order) -> Order:
+        """A replayed order as it is now: paid, cancelled or expired since the first answer.
+
+        The script cannot read the order's hash itself (its name is known only once the key's
+        record is read, and every key reaches a script through KEYS), so a replay, which is
+        rare, costs a second round trip; a new reservation never does."""
+        fields = cast(
+            dict[str, str],
+            await self.redis.hgetall(self.keys.sale(order.sale_id).order(order.order_id)),
+        )
+        if fields.get("user") != order.user_id:  # not there (any more): the first answer stands
+            return order
+        return _order_from_fields(order.order_id, order.sale_id, order.user_id, fields)
 
     def _buy_error(
         self, sale_id: str, result: list[str | int], *, public: bool
@@ -351,12 +372,7 @@ class Engine:
         o = cast(dict[str, str], await self.redis.hgetall(self.keys.sale(sale_id).order(order_id)))
         if not o or o.get("user") != user_id:
             raise errors.OrderNotFound()
-        return Order(
-            order_id=order_id, sale_id=sale_id, user_id=user_id, quantity=int(o["qty"]),
-            status=OrderStatus(o["status"]), created_ms=int(o["created_ms"]),
-            expires_ms=int(o["expires_ms"]), updated_ms=int(o["updated_ms"]),
-            campaign=o.get("campaign", ""),
-        )  # fmt: skip
+        return _order_from_fields(order_id, sale_id, user_id, o)
 
     # -- expiry ----------------------------------------------------------------------------------
 
@@ -386,6 +402,16 @@ class Engine:
         if expired:
             self.sold_out.clear(sale_id)
         return len(due), int(expired)
+
+
+def _order_from_fields(order_id: str, sale_id: str, user_id: str, o: dict[str, str]) -> Order:
+    """An order from its Redis hash."""
+    return Order(
+        order_id=order_id, sale_id=sale_id, user_id=user_id, quantity=int(o["qty"]),
+        status=OrderStatus(o["status"]), created_ms=int(o["created_ms"]),
+        expires_ms=int(o["expires_ms"]), updated_ms=int(o["updated_ms"]),
+        campaign=o.get("campaign", ""),
+    )  # fmt: skip
 
 
 def now_ms() -> int:

@@ -23,7 +23,7 @@ key                                          type    contents and lifetime
                                                      ``idempotency_ttl_s``
 ``<p>:{<sale>}:fcodes``                      hash    F-code digest -> "state|campaign|order|user"
                                                      (state a = usable, u = used, r = revoked)
-``<p>:{<sale>}:fcfail:u:<n>:<user>``         string  failed F-codes of a user in the window;
+``<p>:{<sale>}:fcfail:u:<n>:<user>``         string  F-code guesses of a user in the window;
                                                      ``fcode_failure_window_s``
 ``<p>:{<sale>}:fcfail:a:<address>``          string  the same per client address
 ``<p>:{<sale>}:rl:u:<n>:<user>``             string  rate limit (GCRA) of a shopper's buy and

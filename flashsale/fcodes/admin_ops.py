@@ -105,7 +105,7 @@ class CampaignStats:
 class FcodeStats:
     sale_id: str
     campaigns: list[CampaignStats]
-    fcode_failures: int | None  # refused F-codes, from Redis; None when the sale is not armed
+    fcode_failures: int | None  # refused guesses, from Redis; None when the sale is not armed
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)

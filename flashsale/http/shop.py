@@ -20,7 +20,7 @@ from flashsale.http.validation import (
     read_json_object,
     reject_unknown,
 )
-from flashsale.models import Order
+from flashsale.models import Order, OrderStatus
 from flashsale.store.orders import OrderRow
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,10 @@ async def _confirm_in_postgres(
     services: Services, outcome: BuyOutcome, key: str | None, fcode_digest: str
 ) -> None:
     """Confirm mode "postgres": answer 201 only once the order row is committed; otherwise
-    give the units back and answer 503, so nothing half happens."""
+    give the units back and answer 503, so nothing half happens.
+
+    A replay commits the same first row: its first answer may still be waiting for that commit
+    (a double click), and a row already there, or already newer, is left as it is."""
     assert services.committer is not None
     order = outcome.order
     try:
@@ -111,18 +114,22 @@ async def _confirm_in_postgres(
         )
     except Exception as exc:
         log.warning("buy %s not confirmed in PostgreSQL: %s", order.order_id, exc)
-        if not outcome.replayed:
-            await services.engine.release_unconfirmed(order, key)
+        if outcome.replayed:  # the order is the first request's: it stays, and so does the key
+            raise errors.Unavailable(
+                "the order could not be confirmed; try again with the same Idempotency-Key"
+            ) from None
+        await services.engine.release_unconfirmed(order, key)
         raise errors.Unavailable(
             "the order could not be recorded; nothing was reserved, try again"
         ) from None
 
 
 def _reserved_row(order: Order, fcode_digest: str) -> OrderRow:
+    """The order's first row (version 1, reserved), whatever has happened to it since."""
     return OrderRow(
         order_id=order.order_id, sale_id=order.sale_id, user_id=order.user_id,
-        quantity=order.quantity, status=order.status.value, version=1,
-        expires_ms=order.expires_ms, created_ms=order.created_ms, updated_ms=order.updated_ms,
+        quantity=order.quantity, status=OrderStatus.RESERVED.value, version=1,
+        expires_ms=order.expires_ms, created_ms=order.created_ms, updated_ms=order.created_ms,
         fcode=fcode_digest, campaign=order.campaign,
     )  # fmt: skip
 

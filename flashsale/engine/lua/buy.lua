@@ -1,7 +1,7 @@
 #!lua
 -- buy: decide one purchase atomically: sale open, F-code, per-user limit, stock, idempotency,
 -- the reservation with its deadline, and the order event for the PostgreSQL writer.
--- Every check runs before the first write, so a refusal changes nothing (except that a failed
+-- Every check runs before the first write, so a refusal changes nothing (except that a guessed
 -- F-code is counted, which is the point of counting).
 --
 -- Two lanes share the script. Public buyers draw from "available" from starts_ms on. F-code
@@ -16,18 +16,19 @@
 --
 -- KEYS[1]  sale hash               KEYS[6]  idempotency string (unused when ARGV[4] is "")
 -- KEYS[2]  holders hash            KEYS[7]  F-codes hash (digest -> state|campaign|order|user)
--- KEYS[3]  deadlines zset          KEYS[8]  failed F-codes of this user (counter)
--- KEYS[4]  events stream           KEYS[9]  failed F-codes of this address (counter)
+-- KEYS[3]  deadlines zset          KEYS[8]  F-code guesses of this user (counter)
+-- KEYS[4]  events stream           KEYS[9]  F-code guesses from this address (counter)
 -- KEYS[5]  order hash (of ARGV[3])  KEYS[10] the buyer's booking bucket
 -- KEYS[11] admission waves zset    KEYS[12] queue holders hash    KEYS[13] queue bits
 -- KEYS[14] rate limit of this user KEYS[15] rate limit of this client address
 -- ARGV[1]  user id                 ARGV[6]  F-code digest, "" for a public buy
--- ARGV[2]  quantity                ARGV[7]  failures allowed per user per window
--- ARGV[3]  new order id            ARGV[8]  failures allowed per address per window
--- ARGV[4]  request fingerprint     ARGV[9]  failure window (s)
+-- ARGV[2]  quantity                ARGV[7]  guesses allowed per user per window (0: off)
+-- ARGV[3]  new order id            ARGV[8]  guesses allowed per address per window (0: off)
+-- ARGV[4]  request fingerprint     ARGV[9]  guess window (s)
 -- ARGV[5]  idempotency ttl (s)     ARGV[10] the buyer's booking field (user digest)
 -- Returns  {"ok", order_id, qty, created_ms, expires_ms, campaign}      reserved now
---          {"replay", order_id, qty, created_ms, expires_ms, campaign}  the first answer
+--          {"replay", order_id, qty, created_ms, expires_ms, campaign}  the first answer, as
+--                                        reserved (the caller reads the order as it is now)
 --          {"idempotency_key_reused"} | {"sale_not_found"} | {"sale_ended"}
 --          {"sale_not_open"} | {"quantity_above_limit", limit}
 --          {"limit_reached", held, limit} | {"sold_out", available}
@@ -159,25 +160,33 @@ end
 
 local campaign, bound_user = '', ''
 if fcode ~= '' then
+  -- Only guesses count: a code this sale does not have, or one bound to another shopper.
+  -- "fcode_used" and "fcode_revoked" name real codes (a race lost to another holder, a retry
+  -- of one's own redemption) and count nothing. A limit of 0 is off: its counter is neither
+  -- read nor written (the address limit is off unless configured, as addresses are shared).
+  local counters = {}
   for i = 8, 9 do
-    local failures = tonumber(redis.call('GET', KEYS[i]) or '0')
-    if failures >= tonumber(ARGV[i - 1]) then
-      return {'fcode_throttled', redis.call('PTTL', KEYS[i])}
+    local allowed = tonumber(ARGV[i - 1]) or 0
+    if allowed > 0 then
+      counters[#counters + 1] = i
+      if tonumber(redis.call('GET', KEYS[i]) or '0') >= allowed then
+        return {'fcode_throttled', redis.call('PTTL', KEYS[i])}
+      end
     end
   end
-  local function refuse(word)
-    for i = 8, 9 do
+  local function guess()
+    for _, i in ipairs(counters) do
       if redis.call('INCR', KEYS[i]) == 1 then redis.call('EXPIRE', KEYS[i], tonumber(ARGV[9])) end
     end
     redis.call('HINCRBY', KEYS[1], 'fcode_failures', 1)
-    return {word}
+    return {'fcode_invalid'}
   end
   local record = redis.call('HGET', KEYS[7], fcode)
-  if not record then return refuse('fcode_invalid') end
+  if not record then return guess() end
   local state, camp, _, bound = string.match(record, '^(%a)|([^|]*)|([^|]*)|(.*)$')
-  if bound ~= '' and bound ~= user then return refuse('fcode_invalid') end
-  if state == 'r' then return refuse('fcode_revoked') end
-  if state == 'u' then return refuse('fcode_used') end
+  if bound ~= '' and bound ~= user then return guess() end
+  if state == 'r' then return {'fcode_revoked'} end
+  if state == 'u' then return {'fcode_used'} end
   campaign, bound_user = camp, bound
 end
 

@@ -1,23 +1,34 @@
 # flashsale service image: `flashsale serve` on port 8080 as an unprivileged user.
 # Configure it with FLASHSALE_* environment variables (see flashsale/settings.py and
-# docker-compose.yml); FLASHSALE_TOKEN_SECRET (>= 32 bytes) and FLASHSALE_ADMIN_TOKEN must be set
-# for tokens to survive a restart.
+# docker-compose.yml); FLASHSALE_TOKEN_SECRET and FLASHSALE_ADMIN_TOKEN (each >= 32 bytes) must
+# be set for tokens to survive a restart.
+# Every dependency comes from the lock files in requirements/ (exact versions, hashes checked;
+# scripts/lock refreshes them); flashsale itself is installed without resolving anything.
 
-# --- build: turn the source tree (and every dependency) into wheels ---------------------------
+# --- build: the flashsale wheel, made with the locked pip and setuptools ----------------------
 FROM python:3.11-slim AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
+COPY requirements/build.txt requirements/
+RUN pip install --require-hashes -r requirements/build.txt
 COPY . .
-RUN pip wheel --wheel-dir /wheels .
+RUN pip wheel --no-deps --no-build-isolation --wheel-dir /wheels .
 
-# --- run: install the wheels only, no source tree, no build tools -----------------------------
+# --- run: the locked dependencies, then the wheel; no source tree, no build tools --------------
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
-    PIP_DISABLE_PIP_VERSION_CHECK=1
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+# binary wheels only (this image has no compiler); a layer of its own, so a change to
+# flashsale's code alone reuses it
+COPY requirements/runtime.txt /tmp/runtime.txt
+RUN pip install --require-hashes --only-binary :all: -r /tmp/runtime.txt && rm /tmp/runtime.txt
 COPY --from=build /wheels /wheels
-RUN pip install --no-index --find-links=/wheels flashsale \
+# pip check: the locked versions satisfy the ranges flashsale's wheel declares
+RUN pip install --no-deps --no-index /wheels/flashsale-*.whl \
+    && pip check \
     && rm -rf /wheels \
     && useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin/nologin flashsale
 USER flashsale

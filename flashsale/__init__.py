@@ -5,4 +5,4 @@ confirmed orders flow to PostgreSQL (``flashsale.store``); the HTTP face is an a
 application (``flashsale.http``); operators and scripts use the CLI (``flashsale.cli``).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from flashsale import __version__
 from flashsale.settings import Settings, SettingsError
 
 
@@ -30,6 +31,9 @@ def cmd_serve(args: argparse.Namespace, settings: Settings) -> int:
             return 2
         serve_one(settings, args.host, args.port, verbose=args.verbose)
         return 0
+    from flashsale.cli.db import prepare_schema
+
+    prepare_schema(settings)  # once, before the workers: a schema too new ends serve here
     return serve_supervised(settings, args.host, args.port, args.workers, args.verbose)
 
 
@@ -75,6 +79,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="flashsale", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     serve = sub.add_parser("serve", help="serve the HTTP API (with the order writer and sweeper)")
@@ -117,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     from flashsale.cli.reconcile import add_reconcile_parser
 
     add_reconcile_parser(sub)
+    from flashsale.cli.db import add_db_parser
+
+    add_db_parser(sub)
     from flashsale.cli.deadletters import add_deadletters_parser
 
     add_deadletters_parser(sub)
@@ -133,7 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"flashsale: {exc}", file=sys.stderr)
         return 2
-    code: int = args.func(args, settings)
+    try:
+        code: int = args.func(args, settings)
+    except Exception as exc:
+        # imported only now: most commands never load the PostgreSQL side
+        from flashsale.store.migrate import SchemaError
+
+        if not isinstance(exc, SchemaError):
+            raise
+        print(f"flashsale: {exc}", file=sys.stderr)  # e.g. a schema newer than this flashsale
+        return exc.exit_code
     return code
 
 

@@ -1,5 +1,6 @@
 """``GET /healthz``: 200 when Redis and PostgreSQL both answer, 503 otherwise; with the
-answering process's pid, to tell the workers of ``serve --workers`` apart."""
+flashsale version (to see a rolling upgrade through) and the answering process's pid, to tell
+the workers of ``serve --workers`` apart."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import os
 
 from aiohttp import web
 
+from flashsale import __version__
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES
 
@@ -28,5 +30,10 @@ async def healthz(request: web.Request) -> web.Response:
     except Exception as exc:
         checks["postgres"] = f"error: {type(exc).__name__}"
     healthy = all(v == "ok" for v in checks.values())
-    body = {"status": "ok" if healthy else "unavailable", **checks, "pid": os.getpid()}
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        **checks,
+        "version": __version__,
+        "pid": os.getpid(),
+    }
     return json_response(body, status=200 if healthy else 503)

@@ -1,17 +1,15 @@
-"""Connecting to PostgreSQL: create the database when missing, apply the schema, open a pool."""
+"""Connecting to PostgreSQL: create the database when missing, migrate its schema, open a pool."""
 
 from __future__ import annotations
 
 import logging
-from importlib import resources
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 
-log = logging.getLogger(__name__)
+from flashsale.store.migrate import migrate_database
 
-# Any constant will do: it only has to be the same in every flashsale process.
-_SCHEMA_LOCK_ID = 0x666C617368  # "flash"
+log = logging.getLogger(__name__)
 
 
 def _with_database(url: str, database: str) -> str:
@@ -38,23 +36,15 @@ async def ensure_database(url: str) -> None:
         await conn.close()
 
 
-async def apply_schema(conn: asyncpg.Connection) -> None:
-    schema = resources.files("flashsale.store").joinpath("schema.sql").read_text("utf-8")
-    async with conn.transaction():
-        # Concurrent CREATE ... IF NOT EXISTS can still collide in the catalog: serialize.
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _SCHEMA_LOCK_ID)
-        await conn.execute(schema)
-
-
 async def open_pool(
     url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float | None = None
 ) -> asyncpg.Pool:
-    """The database exists and has the schema when this returns. With ``timeout_s`` a query
+    """The database exists and its schema is migrated to the newest this flashsale ships when
+    this returns (see store/migrate.py). Raises ``SchemaTooNew`` when a newer flashsale has
+    migrated it further: this one must not run against it. With ``timeout_s`` a query
     unanswered that long fails (a connection that went silent is not waited on for ever)."""
     await ensure_database(url)
-    pool = await asyncpg.create_pool(
+    await migrate_database(url)
+    return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, command_timeout=timeout_s
     )
-    async with pool.acquire() as conn:
-        await apply_schema(conn)
-    return pool

@@ -1,4 +1,16 @@
--- flashsale schema. Applied by every process at start, under an advisory lock; idempotent.
+-- 0001: the schema of flashsale 0.1.0, the last release before numbered migrations.
+--
+-- Idempotent (IF NOT EXISTS, ADD COLUMN IF NOT EXISTS, a guarded backfill), so the same file
+-- builds an empty database and takes over a database made by an earlier flashsale (which has
+-- the tables but no schema_migrations): the columns added during 0.1.0 that such a database
+-- lacks are added, then 0001 is recorded. Frozen from now on: changes go in new files.
+--
+-- Locks: on an empty database, nothing anyone uses. On a database of an earlier flashsale,
+--   each ALTER TABLE takes ACCESS EXCLUSIVE on sales or orders (even when the column is there
+--   already, as every 0.1.0 process did at each start) until the migration commits: a moment
+--   on a 0.1.0 database. On an older one, adding sales.bookings_stored counts the bookings
+--   once while sales stays locked: seconds for millions of bookings.
+-- Transaction: yes (one).
 
 CREATE TABLE IF NOT EXISTS sales (
     sale_id           text PRIMARY KEY,

@@ -18,8 +18,7 @@ from flashsale.errors import Unauthorized
 _MAX_TOKEN_CHARS = 2048
 MAX_USER_ID_CHARS = 128  # a shopper's id: the token's "sub", and ids in lists
 USER_ID_RULE = (
-    f"a user id is 1 to {MAX_USER_ID_CHARS} printable characters, "
-    "without spaces at either end"
+    f"a user id is 1 to {MAX_USER_ID_CHARS} printable characters, without spaces at either end"
 )
 
 

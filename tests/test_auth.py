@@ -301,4 +301,6 @@ async def test_non_ascii_bearer_bytes_are_401_not_500(service: Service, token: b
         status, body = await _raw_request(service, head)
         assert (status, body["error"]) == (401, "unauthorized"), (token, path, body)
     assert (await service.stats(sale["sale_id"]))["reserved"] == 0
-    assert (await service.call("GET", f"/v1/sales/{sale['sale_id']}")).body["sale"]["status"] == "open"
+    assert (await service.call("GET", f"/v1/sales/{sale['sale_id']}")).body["sale"][
+        "status"
+    ] == "open"

@@ -217,8 +217,11 @@ async def test_import_beyond_the_capacity_books_exactly_the_capacity(
 
 @pytest.mark.parametrize(
     ("bad", "message"),
-    [("evil\x07user", "printable characters"), ("x" * 129, "1 to 128"),
-     ("nul\x00user", "printable characters")],
+    [
+        ("evil\x07user", "printable characters"),
+        ("x" * 129, "1 to 128"),
+        ("nul\x00user", "printable characters"),
+    ],
 )
 async def test_a_bad_line_imports_nothing(
     service: Service, settings: Settings, pg: asyncpg.Pool, tmp_path: Path, bad: str,

@@ -92,7 +92,9 @@ async def test_poison_events_are_set_aside_and_the_good_ones_arrive(
 
     await service.wait_for_postgres(sid)
     await service.wait_for_postgres(oid)
-    stored = {r["order_id"] for r in await service.services.pool.fetch("SELECT order_id FROM orders")}
+    stored = {
+        r["order_id"] for r in await service.services.pool.fetch("SELECT order_id FROM orders")
+    }
     assert set(good) <= stored
     letters = await dead_letters.read(redis, service.services.engine.keys.sale(sid))
     assert len(letters) == len(poison)
@@ -130,7 +132,9 @@ async def test_retried_dead_letters_arrive_once_their_cause_is_gone(
     # a version PostgreSQL's integer cannot hold: refused until someone corrects the event
     await redis.xadd(keys.events, {**fixable, "v": str(2**40)})
     await redis.xadd(keys.events, _order_event(new_order_id(sid), "x\x00y"))
+    deadline = time.monotonic() + 10
     while await dead_letters.count(redis, keys) < 2:
+        assert time.monotonic() < deadline, "the writer did not set both events aside"
         await asyncio.sleep(0.05)
     letters = await dead_letters.read(redis, keys)
     # the cause of the first is fixed by hand: its event corrected in place

@@ -30,10 +30,15 @@
     │   ├── BookingClosed                409 booking_closed
     │   ├── BookingFull                  409 booking_full
     │   └── AdmissionPassed              409 admission_passed
+    ├── RequestTimeout                   408 request_timeout (and the connection is closed)
     ├── SaleEnded                        410 sale_ended
     ├── BodyTooLarge                     413 body_too_large
+    ├── UnsupportedMediaType             415 unsupported_media_type (a Content-Type or
+    │                                        Content-Encoding the service does not read)
     ├── IdempotencyKeyReused             422 idempotency_key_reused
     ├── FcodeThrottled                   429 fcode_throttled (with Retry-After)
+    ├── RateLimited                      429 rate_limited (with Retry-After)
+    ├── HeadersTooLarge                  431 headers_too_large (and the connection is closed)
     └── Unavailable                      503 unavailable
 """
 
@@ -191,6 +196,16 @@ class BodyTooLarge(FlashsaleError):
     status, code, default_message = 413, "body_too_large", "the request body is too large"
 
 
+class UnsupportedMediaType(FlashsaleError):
+    """The body is not JSON, or is encoded with a content coding the service does not decode."""
+
+    status, code, default_message = (
+        415,
+        "unsupported_media_type",
+        "send the body as application/json",
+    )
+
+
 class IdempotencyKeyReused(FlashsaleError):
     status, code, default_message = (
         422,
@@ -200,12 +215,12 @@ class IdempotencyKeyReused(FlashsaleError):
 
 
 class FcodeThrottled(FlashsaleError):
-    """Too many failed F-codes from this shopper or address: a pause makes guessing useless."""
+    """Too many F-code guesses from this shopper or address: a pause makes guessing useless."""
 
-    status, code, default_message = 429, "fcode_throttled", "too many failed F-codes; wait a moment"
+    status, code, default_message = 429, "fcode_throttled", "too many wrong F-codes; wait a moment"
 
     def __init__(self, message: str | None = None, *, retry_after_s: int = 60) -> None:
-        super().__init__(message or f"too many failed F-codes; try again in {retry_after_s} s")
+        super().__init__(message or f"too many wrong F-codes; try again in {retry_after_s} s")
         self.retry_after_s = retry_after_s
 
 
@@ -217,6 +232,14 @@ class RateLimited(FlashsaleError):
     def __init__(self, message: str | None = None, *, retry_after_s: int = 1) -> None:
         super().__init__(message or f"too many requests; try again in {retry_after_s} s")
         self.retry_after_s = retry_after_s
+
+
+class HeadersTooLarge(FlashsaleError):
+    """A header line was longer than the HTTP parser accepts; answered for the parser, which
+    refuses such a request before any handler sees it (see http/bad_requests.py)."""
+
+    status, code, default_message = 431, "headers_too_large", "a request header is too large"
+    close_connection = True
 
 
 class Unavailable(FlashsaleError):

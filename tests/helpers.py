@@ -11,10 +11,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from flashsale.auth import issue_token
 from flashsale.engine.scripts import LuaScript
 from flashsale.http.app import create_app
+from flashsale.http.runner import AppRunner
 from flashsale.http.services import SERVICES, Services
 from flashsale.settings import Settings
 
@@ -169,8 +171,15 @@ async def run_flashsale(settings: Settings, *args: str) -> tuple[int, str, str]:
     return proc.returncode, out.decode(), err.decode()
 
 
+class FlashsaleTestServer(TestServer):
+    """aiohttp's TestServer, serving through flashsale's runner as ``flashsale serve`` does."""
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return AppRunner(self.app, **kwargs)
+
+
 async def start_service(settings: Settings) -> Service:
-    client: TestClient[Any, Any] = TestClient(TestServer(create_app(settings)))
+    client: TestClient[Any, Any] = TestClient(FlashsaleTestServer(create_app(settings)))
     await client.start_server()
     return Service(client, settings)
 

@@ -22,6 +22,7 @@ from aiohttp import web
 from flashsale.auth import issue_token
 from flashsale.cli.demo_queue import QueueCrowd, run_queue_sale
 from flashsale.http.app import create_app
+from flashsale.http.runner import AppRunner
 from flashsale.settings import Settings
 
 
@@ -37,7 +38,7 @@ async def run_demo(
     admission: str | None = None, no_show_share: float = 0.1, window_s: int = 2,
 ) -> int:  # fmt: skip
     app = create_app(settings)
-    runner = web.AppRunner(app, access_log=None)
+    runner = AppRunner(app, access_log=None)  # flashsale's: parser errors answered as JSON
     await runner.setup()
     port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()

@@ -45,20 +45,17 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
 def serve_one(
     settings: Settings, host: str, port: int, reuse_port: bool = False, verbose: bool = False
 ) -> None:
-    from aiohttp import web
-
     from flashsale.http.app import create_app
+    from flashsale.http.runner import run_app
     from flashsale.logs import setup_logging
 
     setup_logging(verbose)  # a spawned worker starts with no logging set up
-    web.run_app(
+    run_app(
         create_app(settings),
         host=host,
         port=port,
         loop=new_event_loop(),
-        access_log=None,
-        print=lambda *_: None,
-        reuse_port=reuse_port or None,
+        reuse_port=reuse_port,
         # from the connection's start too: a client dribbling headers is cut off by then
         keepalive_timeout=settings.keepalive_timeout_s,
     )

@@ -24,6 +24,7 @@ from flashsale.http.services import SERVICES, Services
 from flashsale.settings import ConfirmMode, Settings
 from flashsale.store.confirm import GroupCommitter
 from flashsale.store.database import open_pool
+from flashsale.store.migrate import migration_parameters
 from flashsale.store.writer import OrderWriter
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,19 @@ def create_app(settings: Settings) -> web.Application:
     app = web.Application(
         middlewares=[errors_middleware],
         client_max_size=settings.admin_max_body_bytes,
-        # after an early answer (408, 413) aiohttp reads what is left of the body before it
-        # closes, 10 s by default: a slow client would hold the connection that long
-        handler_args={"lingering_time": 1.0},
+        handler_args={
+            # after an early answer (408, 413) aiohttp reads what is left of the body before
+            # it closes, 10 s by default: a slow client would hold the connection that long
+            "lingering_time": 1.0,
+            # bodies are decoded by read_json_object (decoding.py), strictly and within the
+            # route's limit: aiohttp's decoder takes a truncated gzip body for a whole one
+            "auto_decompress": False,
+            # aiohttp's defaults are 8190 for both; a request line of ours is well under 4 KiB,
+            # and a refused line's limit tells bad_requests.py a too-long URL (400) from a
+            # too-long header (431)
+            "max_line_size": 4096,
+            "max_field_size": 8190,
+        },
     )
     setup_routes(app)
     app.cleanup_ctx.append(_services_ctx(settings))
@@ -63,6 +74,7 @@ def _services_ctx(settings: Settings) -> Any:
             min_size=settings.pg_min_connections,
             max_size=settings.pg_max_connections,
             timeout_s=settings.pg_timeout_s,
+            parameters=migration_parameters(default_currency=settings.default_currency),
         )
         engine = Engine(
             redis,

@@ -10,7 +10,8 @@ from aiohttp import web
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from flashsale.errors import FlashsaleError
+from flashsale.errors import FlashsaleError, InvalidRequest
+from flashsale.http.decoding import ACCEPTED_ENCODINGS
 from flashsale.http.responses import json_response
 
 log = logging.getLogger(__name__)
@@ -26,23 +27,36 @@ _HTTP_CODES = {
 }
 
 
+# a GET (or HEAD) has no body in this API: one sent anyway is refused, not silently dropped
+_BODILESS_METHODS = frozenset({"GET", "HEAD"})
+
+
 def error_response(status: int, code: str, message: str) -> web.Response:
     return json_response({"error": code, "message": message}, status=status)
+
+
+def answer_error(exc: FlashsaleError) -> web.Response:
+    """The answer to ``exc``, with the headers its status calls for."""
+    response = error_response(exc.status, exc.code, exc.message)
+    if exc.status == 401:
+        response.headers["WWW-Authenticate"] = "Bearer"
+    elif exc.status == 415:  # which codings would have been read (RFC 9110, 15.5.16)
+        response.headers["Accept-Encoding"] = ACCEPTED_ENCODINGS
+    if exc.retry_after_s is not None:
+        response.headers["Retry-After"] = str(exc.retry_after_s)
+    if exc.close_connection:
+        response.force_close()
+    return response
 
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     try:
+        if request.method in _BODILESS_METHODS and request.body_exists:
+            raise InvalidRequest(f"a {request.method} request takes no body")
         return await handler(request)
     except FlashsaleError as exc:
-        response = error_response(exc.status, exc.code, exc.message)
-        if exc.status == 401:
-            response.headers["WWW-Authenticate"] = "Bearer"
-        if exc.retry_after_s is not None:
-            response.headers["Retry-After"] = str(exc.retry_after_s)
-        if exc.close_connection:
-            response.force_close()
-        return response
+        return answer_error(exc)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

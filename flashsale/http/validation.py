@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -16,7 +17,9 @@ from flashsale.errors import (
     RequestTimeout,
     SaleNotFound,
     UnreadableBody,
+    UnsupportedMediaType,
 )
+from flashsale.http.decoding import content_codings, decode
 from flashsale.ids import SALE_ID_RE
 from flashsale.models import datetime_to_ms
 
@@ -29,7 +32,18 @@ async def read_json_object(
     request: web.Request, max_bytes: int, timeout_s: float
 ) -> dict[str, Any]:
     """The body as a JSON object; an empty body counts as ``{}``. A body that does not arrive
-    within ``timeout_s`` is refused: a slow client may not hold a connection for ever."""
+    within ``timeout_s`` is refused: a slow client may not hold a connection for ever.
+
+    The body must be UTF-8 JSON (``Content-Type`` absent, ``application/json`` or a ``+json``
+    type), may be compressed (see decoding.py) and may not repeat a key: two parsers along the
+    way could each take a different one of the two."""
+    headers = request.headers
+    content_type = headers.get("Content-Type")
+    if content_type is not None and content_type != "application/json" and request.body_exists:
+        _check_content_type(request)
+    codings = None
+    if "Content-Encoding" in headers:  # the plain body of nearly every request skips all this
+        codings = content_codings(headers.getall("Content-Encoding"))
     if request.content_length is not None and request.content_length > max_bytes:
         raise BodyTooLarge(f"the body may hold at most {max_bytes} bytes")
     try:
@@ -38,18 +52,70 @@ async def read_json_object(
         else:
             async with asyncio.timeout(timeout_s):
                 body = await _read_body(request, max_bytes)
-    except web.RequestPayloadError as exc:  # e.g. a body that does not match Content-Encoding
+    except web.RequestPayloadError as exc:  # e.g. a chunked body that breaks off
         raise UnreadableBody(f"the body could not be read: {exc}") from None
     except TimeoutError:
         raise RequestTimeout(f"the body did not arrive within {timeout_s:g} s") from None
-    if not body.strip():
+    if codings:
+        body = decode(body, codings, max_bytes)
+    if not body.strip(_JSON_SPACE):
         return {}
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError:
-        raise InvalidRequest("the body is not valid JSON") from None
+        raise InvalidRequest(_why_not_json(body)) from None
     if not isinstance(value, dict):
         raise InvalidRequest("the body must be a JSON object")
+    # Each key of an object is followed by a colon: as many colons as top-level keys means no
+    # nested object and no repeated key. Only other bodies (with a colon in a string, a nested
+    # object or a repeat) are parsed again to look.
+    if body.count(b":") != len(value):
+        _refuse_repeated_keys(body)
+    return value
+
+
+_JSON_SPACE = b" \t\r\n"  # RFC 8259's whitespace; bytes.strip() would also drop \v and \f
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
+def _check_content_type(request: web.Request) -> None:
+    """415 for a body that does not say it is UTF-8 JSON: a form, plain text, XML or bytes."""
+    media_type = request.content_type  # lower case, parameters split off
+    is_json = media_type == "application/json" or (
+        media_type.startswith("application/") and media_type.endswith("+json")
+    )
+    charset = request.charset  # JSON on the wire is UTF-8 (RFC 8259, 8.1)
+    if not is_json or (charset is not None and charset.lower() not in ("utf-8", "utf8")):
+        raise UnsupportedMediaType(
+            "send the body as application/json (UTF-8), or without a Content-Type"
+        )
+
+
+def _why_not_json(body: bytes) -> str:
+    if body.startswith(_UTF8_BOM):
+        return "the body starts with a byte order mark; send JSON without one (RFC 8259)"
+    try:
+        body.decode()
+    except UnicodeDecodeError:
+        return "the body is not valid UTF-8"
+    return "the body is not valid JSON"
+
+
+def _refuse_repeated_keys(body: bytes) -> None:
+    try:
+        json.loads(body, object_pairs_hook=_object_without_repeats)
+    except RecursionError:
+        raise InvalidRequest("the body is nested too deeply") from None
+
+
+def _object_without_repeats(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    value = dict(pairs)
+    if len(value) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise InvalidRequest(f"the body repeats the key {key[:64]!r}")
+            seen.add(key)
     return value
 
 
@@ -137,6 +203,8 @@ def idempotency_key(request: web.Request) -> str | None:
         return None
     if not _IDEMPOTENCY_KEY_RE.match(key):
         raise InvalidRequest("Idempotency-Key must be 1 to 255 visible ASCII characters")
+    if len(request.headers.getall("Idempotency-Key")) > 1:  # which one would a retry keep?
+        raise InvalidRequest("send one Idempotency-Key header, not several")
     return key
 
 

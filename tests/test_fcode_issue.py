@@ -79,7 +79,7 @@ async def test_cli_issue_stores_only_digests_and_refuses_a_rerun(
     assert rc == 0, err
     assert not (tmp_path / "spring.csv.partial").exists()
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
-    assert out.read_text().splitlines()[0] == "code,user,campaign,sale_id"
+    assert out.read_text().splitlines()[0] == "code,code_ref,user,campaign,sale_id"
     rows = read_csv(out)
     assert len(rows) == N
     plain = [r["code"] for r in rows]
@@ -88,6 +88,8 @@ async def test_cli_issue_stores_only_digests_and_refuses_a_rerun(
     assert {(r["user"], r["campaign"], r["sale_id"]) for r in rows} == {("", "spring", sale_id)}
 
     key = settings.fcode_key
+    for r in rows:  # the reference exports show: the digest's first 16 hex characters
+        assert r["code_ref"] == codes.digest(key, codes.normalize(r["code"]))[:16]
     digests = {codes.digest(key, codes.normalize(c)) for c in plain}
     db_rows = await pg.fetch(
         "SELECT f::text AS t, digest FROM fcodes f WHERE sale_id = $1", sale_id
@@ -201,8 +203,9 @@ async def test_revoke_by_code_file_and_campaign_and_stats(
     lines = tmp_path / "lines.txt"
     lines.write_text(f"# to revoke\n{c1[4]}\n\n{codes.new_code()}\n")
     rc, out, err = await fcodes_cli(settings, "revoke", sale_id, "--file", str(lines))
-    assert rc == 0, err
+    assert rc == 1, err  # done in part: a code the sale does not know
     assert "revoked now: 1; revoked before: 0; unknown to the sale: 1" in out
+    assert "1 code(s) are not in sale" in err
     rc, out, err = await fcodes_cli(settings, "revoke", sale_id, "--campaign", "c2")
     assert rc == 0, err
     assert "revoked now: 5; revoked before: 0" in out
@@ -221,14 +224,18 @@ async def test_revoke_by_code_file_and_campaign_and_stats(
     assert rc == 0, err
     s = json.loads(out)
     counts = {
-        c["campaign"]: (c["issued"], c["redeemed"], c["revoked"], c["available"])
+        c["campaign"]: (
+            c["issued"], c["redeemed"], c["redeemed_paid"], c["redeemed_unpaid"], c["revoked"],
+            c["available"],
+        )
         for c in s["campaigns"]
-    }
-    assert counts == {"c1": (20, 1, 5, 14), "c2": (5, 0, 5, 0)}
+    }  # fmt: skip
+    assert counts == {"c1": (20, 1, 0, 1, 5, 14), "c2": (5, 0, 0, 0, 5, 0)}
     assert s["fcode_failures"] == 0  # the revoked code tried above is a real code, not a guess
     rc, out, _ = await fcodes_cli(settings, "stats", sale_id)
     assert rc == 0
-    assert re.search(r"^c1\s+20\s+1\s+5\s+14\s", out, re.M), out
+    # issued, redeemed (its order paid, unpaid), revoked, available
+    assert re.search(r"^c1\s+20\s+1\s+0\s+1\s+5\s+14\s", out, re.M), out
     assert "F-code guesses refused (Redis): 0" in out
 
 

@@ -1,4 +1,5 @@
 """Import a channel partner's booking list: Redis gives the numbers, PostgreSQL keeps them.
+The list is read by :func:`flashsale.csv_input.read_user_ids`, as the F-code tools read theirs.
 
 Each batch is booked in Redis by one atomic script (a shopper already booked keeps their
 number, so an import can be repeated after any failure), then written to PostgreSQL with COPY
@@ -8,23 +9,16 @@ and an idempotent insert. Redis books batch n+1 while PostgreSQL writes batch n.
 from __future__ import annotations
 
 import asyncio
-import csv
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import asyncpg
 
-from flashsale.auth import USER_ID_RULE, is_user_id
 from flashsale.engine.bookings import Bookings
 from flashsale.engine.engine import now_ms
 from flashsale.store.bookings import copy_imported
 
 DEFAULT_BATCH = 5000
-
-
-class BadListError(ValueError):
-    """The list holds a line that is not a user id; nothing was imported."""
 
 
 @dataclass(slots=True)
@@ -35,31 +29,6 @@ class ImportReport:
     refused_full: int = 0  # not booked: the booking capacity was reached
     first_new_no: int | None = None
     last_new_no: int | None = None
-
-
-def read_user_ids(path: Path) -> list[str]:
-    """The user ids of a list: one a line, or the first column of a CSV; blank lines and a
-    ``user_id`` header (on the first line that is not blank) are skipped, and so is a UTF-8
-    byte-order mark. Every line is checked before anything is imported."""
-    users: list[str] = []
-    first = True
-    with path.open(newline="", encoding="utf-8-sig") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row or not row[0].strip():
-                continue
-            user = row[0].strip()
-            if first and user.lower() in ("user_id", "user"):
-                first = False
-                continue
-            first = False
-            check_user_id(user, f"{path}:{line_no}")
-            users.append(user)
-    return users
-
-
-def check_user_id(user: str, where: str) -> None:
-    if not is_user_id(user):
-        raise BadListError(f"{where}: {USER_ID_RULE}: {user[:80]!r}")
 
 
 def _batches(users: Iterable[str], size: int) -> Iterator[list[str]]:

@@ -1,6 +1,8 @@
 """``flashsale bookings``: import a channel partner's booking list, export a sale's bookings.
 
-Exit codes: 0 done, 1 failed, 2 a usage error (bad arguments, nothing was done).
+Results go to stdout, progress, warnings and errors to stderr. Exit codes: 0 done; 1 failed, or
+done in part (the message says what was done); 2 usage or bad input (bad arguments, a bad list
+file; nothing was done).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     import asyncpg
 
     from flashsale.booking.importer import ImportReport
+    from flashsale.csv_input import UserList
     from flashsale.engine.engine import Engine
     from flashsale.models import SaleView
     from flashsale.settings import Settings
@@ -48,23 +51,53 @@ def _positive(raw: str) -> int:
     return value
 
 
+EXIT_CODES = """\
+exit codes:
+  0  done
+  1  failed, or done in part (the message says what was done): a store failed; the sale does
+     not exist, takes no bookings or no longer takes them; import: users of the list not
+     booked because the booking capacity was reached
+  2  usage or bad input: bad arguments, an unreadable list or a bad line in it, an output file
+     that exists; nothing was done
+
+Results go to stdout (import --json: one JSON document); progress, warnings and errors to
+stderr.
+"""
+
+LIST = """\
+The list: one user id a line, or a CSV file as a spreadsheet or CRM exports it: UTF-8 (with
+or without a byte-order mark) or UTF-16, LF or CRLF, delimited by commas, semicolons, tabs or
+pipes (found in the file). A first line naming a known column (user_id, id, customer_id,
+email, ...) is a header. With several columns, --column NAME or --column NUMBER (1 is the
+first) says which to read; without it the header's user_id column is read, and a file whose
+column cannot be told is refused. Every line is checked before anything is booked, and an
+error names the file, the line and the value. A user listed twice is booked once.
+"""
+
+
 def add_bookings_parser(sub: Any) -> None:
     from flashsale.booking.importer import DEFAULT_BATCH
 
-    bk = sub.add_parser("bookings", help="import a booking list, export a sale's bookings")
+    raw = argparse.RawDescriptionHelpFormatter
+    bk = sub.add_parser("bookings", help="import a booking list, export a sale's bookings",
+                        epilog=EXIT_CODES, formatter_class=raw)  # fmt: skip
     bsub = bk.add_subparsers(dest="bookings_command", required=True)
 
     imp = bsub.add_parser(
-        "import", help="book every user of a list (idempotent: repeat it after any failure)"
-    )
+        "import", help="book every user of a list (idempotent: repeat it after any failure)",
+        epilog=f"{LIST}\n{EXIT_CODES}", formatter_class=raw,
+    )  # fmt: skip
     imp.add_argument("sale_id")
-    imp.add_argument("file", help="one user id a line, or a CSV whose first column is the id")
+    imp.add_argument("file", help="the list of user ids (see below)")
+    imp.add_argument("--column", metavar="NAME_OR_NUMBER",
+                     help="the column of the file holding the user ids")  # fmt: skip
     imp.add_argument("--batch", type=_positive, default=DEFAULT_BATCH,
                      help=f"users booked per Redis call (default {DEFAULT_BATCH})")  # fmt: skip
     imp.add_argument("--json", action="store_true", help="print the report as JSON")
     imp.set_defaults(func=cmd_import)
 
-    exp = bsub.add_parser("export", help="write a sale's bookings as CSV, by booking number")
+    exp = bsub.add_parser("export", help="write a sale's bookings as CSV, by booking number",
+                          epilog=EXIT_CODES, formatter_class=raw)  # fmt: skip
     exp.add_argument("sale_id")
     exp.add_argument("--out", metavar="FILE.csv", help="never overwritten (default: stdout)")
     exp.set_defaults(func=cmd_export)
@@ -83,21 +116,16 @@ async def _booking_sale(engine: Engine, sale_id: str) -> SaleView:
     return view
 
 
-def _read_list(path: Path) -> list[str]:
-    from flashsale.booking.importer import BadListError, read_user_ids
+def _read_list(path: Path, column: str | None) -> UserList:
+    from flashsale.csv_input import ListError, read_user_ids
 
     try:
-        users = read_user_ids(path)
-    except BadListError as exc:
+        users = read_user_ids(path, column)
+    except ListError as exc:
         raise UsageError(f"{exc}; nothing was imported") from None
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not UTF-8 (byte {exc.start}); nothing was imported") from None
-    except csv.Error as exc:
-        raise UsageError(f"{path}: {exc}; nothing was imported") from None
     except OSError as exc:
         raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if not users:
-        raise UsageError(f"{path} lists no user ids")
+    print(f"{PROG}: {users.describe()}", file=sys.stderr)
     return users
 
 
@@ -118,7 +146,7 @@ def cmd_import(args: argparse.Namespace, settings: Settings) -> int:
     from flashsale.engine.bookings import Bookings
 
     try:  # the whole list is read and checked before anything is booked
-        users = _read_list(Path(args.file))
+        users = _read_list(Path(args.file), args.column).users
     except UsageError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 2

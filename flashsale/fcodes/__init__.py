@@ -1,1 +1,2 @@
-"""F-codes: priority purchase codes. Format and hashing (``codes``), issuing (``issue``)."""
+"""F-codes: priority purchase codes. Format, hashing and references (``codes``), issuing
+(``issue``), revoking, counting and checking (``admin_ops``), exporting (``export``)."""

@@ -94,7 +94,9 @@ async def _revoke_in_redis(engine: Engine, sale_id: str, digests: list[str]) -> 
 class CampaignStats:
     campaign: str
     issued: int
-    redeemed: int
+    redeemed: int  # redeemed_paid + redeemed_unpaid
+    redeemed_paid: int  # its order is paid
+    redeemed_unpaid: int  # its order is reserved, awaiting payment
     revoked: int
     available: int  # issued - redeemed - revoked
     created_at: datetime
@@ -116,16 +118,19 @@ class FcodeStats:
 
 
 async def stats(pool: asyncpg.Pool, engine: Engine, sale_id: str) -> FcodeStats:
-    """Per campaign of a sale: codes issued, redeemed, revoked and still available
-    (PostgreSQL's view: redemptions arrive through the order writer, a moment after Redis)."""
+    """Per campaign of a sale: codes issued, redeemed (their order paid, or not yet), revoked and
+    still available (PostgreSQL's view: redemptions and payments arrive through the order
+    writer, a moment after Redis)."""
     if await sale_store.fetch_sale(pool, sale_id) is None:
         raise errors.SaleNotFound(f"no sale {sale_id!r} in PostgreSQL")
     rows = await pool.fetch(
         """
         SELECT c.campaign, c.created_at, c.loaded_at, count(f.digest) AS issued,
                count(*) FILTER (WHERE f.state = 'redeemed') AS redeemed,
+               count(*) FILTER (WHERE f.state = 'redeemed' AND o.status = 'paid') AS paid,
                count(*) FILTER (WHERE f.state = 'revoked') AS revoked
         FROM fcode_campaigns c LEFT JOIN fcodes f USING (sale_id, campaign)
+        LEFT JOIN orders o ON o.order_id = f.order_id
         WHERE c.sale_id = $1
         GROUP BY c.campaign, c.created_at, c.loaded_at
         ORDER BY c.created_at, c.campaign
@@ -145,6 +150,8 @@ def _campaign_stats(r: asyncpg.Record) -> CampaignStats:
         campaign=r["campaign"],
         issued=r["issued"],
         redeemed=r["redeemed"],
+        redeemed_paid=r["paid"],
+        redeemed_unpaid=r["redeemed"] - r["paid"],
         revoked=r["revoked"],
         available=r["issued"] - r["redeemed"] - r["revoked"],
         created_at=r["created_at"],
@@ -161,10 +168,13 @@ async def check(pool: asyncpg.Pool, engine: Engine, key: bytes, code: str) -> di
     except codes.MalformedCode as exc:
         return {"result": "malformed", "message": str(exc)}
     d = codes.digest(key, normalized)
-    info: dict[str, Any] = {"code": codes.format_code(normalized), "digest": d}
+    info: dict[str, Any] = {
+        "code": codes.format_code(normalized), "code_ref": codes.code_ref(d), "digest": d,
+    }  # fmt: skip
     row = await pool.fetchrow(
-        "SELECT sale_id, campaign, bound_user, state, order_id, redeemed_by, issued_at, "
-        "redeemed_at, revoked_at FROM fcodes WHERE digest = $1",
+        "SELECT f.sale_id, f.campaign, f.bound_user, f.state, f.order_id, "
+        "o.status AS order_status, f.redeemed_by, f.issued_at, f.redeemed_at, f.revoked_at "
+        "FROM fcodes f LEFT JOIN orders o ON o.order_id = f.order_id WHERE f.digest = $1",
         d,
     )
     if row is not None:

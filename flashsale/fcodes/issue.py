@@ -7,7 +7,12 @@ into Redis was interrupted: ``flashsale fcodes load`` completes it, and loading 
 running the same issue twice never makes a second set of codes.
 
 Only digests are stored; the plain codes exist in the caller's hands alone (the CSV file or the
-HTTP answer).
+HTTP answer), each beside its ``code_ref`` (see :func:`codes.code_ref`), which exports show.
+
+Codes that could never buy are not issued: for a sale that is closed or has ended (the F-code
+window runs from ``fcode_opens_at`` to the end), or that sets no units aside for F-codes.
+Codes that may well not buy are issued with a warning: more usable codes than F-code units
+left, a paused sale, users who already hold a code of the sale.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import logging
 import re
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from itertools import repeat
+from typing import NamedTuple
 
 import asyncpg
 
@@ -25,6 +32,7 @@ from flashsale import errors
 from flashsale.auth import USER_ID_RULE, is_user_id
 from flashsale.engine.engine import Engine
 from flashsale.fcodes import codes
+from flashsale.models import SaleState, SaleView, iso
 from flashsale.store import sales as sale_store
 
 log = logging.getLogger(__name__)
@@ -36,10 +44,30 @@ LOAD_CONCURRENCY = 4  # calls in flight
 _GENERATE_CHUNK = 50_000
 _COPY_CHUNK = 100_000
 
+_USERS_NAMED = 3  # users named in a warning about users who hold a code already
+
+
+class IssuedCode(NamedTuple):
+    code: str  # formatted, as shown to people
+    code_ref: str  # the reference exports show (the code itself is never stored)
+    user: str  # the bound user, "" for a bearer code
+
+
+@dataclass(slots=True)
+class Issued:
+    """What an issue made: the codes (shown this once), the warnings, codes added to Redis."""
+
+    codes: list[IssuedCode]
+    warnings: list[str] = field(default_factory=list)
+    added_to_redis: int = 0
+
+
 #: ``progress(phase, done, total)``, phase one of "generate", "postgres", "redis"
 Progress = Callable[[str, int, int], None]
-#: called with the (code, bound user) pairs once made, before anything is stored
-OnGenerated = Callable[[list[tuple[str, str]]], None]
+#: called with the codes once made, before anything is stored
+OnGenerated = Callable[[list[IssuedCode]], None]
+#: called with each warning as soon as it is known
+OnWarning = Callable[[str], None]
 
 
 class LoadIncomplete(errors.Unavailable):
@@ -59,26 +87,92 @@ def check_campaign(campaign: str) -> None:
 
 
 def check_users(users: Sequence[str]) -> None:
-    seen: set[str] = set()
-    for user in users:
+    """Each a user id, none twice; an error names the (0-based) position of the culprit."""
+    seen: dict[str, int] = {}
+    for i, user in enumerate(users):
         if not is_user_id(user):
-            raise errors.InvalidRequest(f"{USER_ID_RULE}: {user[:80]!r}")
-        if user in seen:
-            raise errors.InvalidRequest(f"user {user!r} is listed twice: one code per user")
-        seen.add(user)
+            raise errors.InvalidRequest(f"bind_users[{i}]: {USER_ID_RULE}: {user[:80]!r}")
+        if (first := seen.setdefault(user, i)) != i:
+            raise errors.InvalidRequest(
+                f"bind_users[{i}]: user {user[:80]!r} is listed twice (first at [{first}]): "
+                "one code per user"
+            )
 
 
-async def check_sale(pool: asyncpg.Pool, engine: Engine, sale_id: str) -> None:
-    """The sale exists in PostgreSQL and is armed in Redis."""
+async def check_sale(pool: asyncpg.Pool, engine: Engine, sale_id: str) -> SaleView:
+    """The sale exists in PostgreSQL and is armed in Redis: its view in Redis."""
     if await sale_store.fetch_sale(pool, sale_id) is None:
         raise errors.SaleNotFound(f"no sale {sale_id!r} in PostgreSQL")
     try:
-        await engine.get_sale(sale_id)
+        return await engine.get_sale(sale_id)
     except errors.SaleNotFound:
         raise errors.SaleNotFound(
             f"sale {sale_id!r} is in PostgreSQL but not armed in Redis (key prefix "
             f"{engine.keys.prefix!r}): arm it before issuing codes"
         ) from None
+
+
+async def refuse_useless(engine: Engine, view: SaleView) -> None:
+    """Codes of this sale could never buy anything: a closed or ended sale (the F-code window
+    ends with the sale), or one without F-code units (``fcode_stock`` is fixed at creation)."""
+    d = view.definition
+    seconds, micros = await engine.redis.time()
+    now_ms = seconds * 1000 + micros // 1000
+    nothing = "its codes could never buy anything; nothing was issued"
+    if view.state is SaleState.CLOSED:
+        raise errors.SaleEnded(f"sale {d.sale_id!r} is closed: {nothing}")
+    if now_ms >= d.ends_ms:
+        raise errors.SaleEnded(f"sale {d.sale_id!r} ended at {iso(d.ends_ms)}: {nothing}")
+    if d.fcode_stock == 0:
+        raise errors.Conflict(
+            f"sale {d.sale_id!r} sets no units aside for F-codes (its fcode_stock is 0): "
+            f"{nothing}. F-code units are set when a sale is created (fcode_stock)"
+        )
+
+
+async def warnings_for(
+    pool: asyncpg.Pool, view: SaleView, count: int, bind_users: Sequence[str] | None
+) -> list[str]:
+    """What makes codes about to be issued likely not to buy: more usable codes than F-code
+    units left, a paused sale, users who already hold a code of the sale."""
+    d, sale_id = view.definition, view.definition.sale_id
+    found: list[str] = []
+    if view.state is SaleState.PAUSED:
+        found.append(f"sale {sale_id!r} is paused: its codes buy nothing until it is resumed")
+    usable: int = await pool.fetchval(
+        "SELECT count(*) FROM fcodes WHERE sale_id = $1 AND state = 'issued'", sale_id
+    )
+    left = view.counters.fcode_available
+    if count + usable > left:
+        earlier = f" and {usable:,} unused from earlier campaigns" if usable else ""
+        if left == 0:
+            found.append(
+                f"no F-code unit of sale {sale_id!r} is left (all {d.fcode_stock:,} are sold "
+                f"or reserved): these {count:,} codes{earlier} can only buy units that come "
+                "back from expired or cancelled F-code orders"
+            )
+        else:
+            found.append(
+                f"{count:,} codes{earlier} for {left:,} F-code unit(s) left of "
+                f"{d.fcode_stock:,}: at most {left:,} of them can buy; the others will be "
+                "answered sold_out"
+            )
+    if bind_users:
+        rows = await pool.fetch(
+            "SELECT f.bound_user, f.campaign FROM fcodes f "
+            "JOIN unnest($2::text[]) AS u(id) ON f.bound_user = u.id "
+            "WHERE f.sale_id = $1 AND f.state <> 'revoked'",
+            sale_id, list(bind_users),
+        )  # fmt: skip
+        holders = dict.fromkeys(r["bound_user"] for r in rows)
+        if holders:
+            named = ", ".join(f"{r['bound_user']!r} ({r['campaign']})" for r in rows[:_USERS_NAMED])
+            more = ", ..." if len(holders) > _USERS_NAMED else ""
+            found.append(
+                f"{len(holders):,} of the users already hold a code of sale {sale_id!r} "
+                f"that is not revoked: {named}{more}; they get another one"
+            )
+    return found
 
 
 async def issue_campaign(
@@ -92,12 +186,14 @@ async def issue_campaign(
     bind_users: list[str] | None = None,
     progress: Progress | None = None,
     on_generated: OnGenerated | None = None,
-) -> list[tuple[str, str]]:
+    on_warning: OnWarning | None = None,
+) -> Issued:
     """Issue a campaign of ``count`` bearer codes, or one code bound to each of ``bind_users``.
 
-    Returns (formatted code, bound user or "") pairs. Raises :class:`errors.CampaignExists` when
-    the campaign was issued for this sale before (nothing changes then), and
-    :class:`LoadIncomplete` when the codes are stored but not all in Redis yet."""
+    Raises :class:`errors.CampaignExists` when the campaign was issued for this sale before,
+    :class:`errors.SaleEnded` or :class:`errors.Conflict` when its codes could never buy (see
+    :func:`refuse_useless`; nothing changes then), and :class:`LoadIncomplete` when the codes
+    are stored but not all in Redis yet."""
     check_campaign(campaign)
     if bind_users is not None:
         check_users(bind_users)
@@ -108,16 +204,26 @@ async def issue_campaign(
         count = len(bind_users)
     if count is None or not 1 <= count <= MAX_CODES:
         raise errors.InvalidRequest(f"count must be between 1 and {MAX_CODES}")
-    await check_sale(pool, engine, sale_id)
+    view = await check_sale(pool, engine, sale_id)
     await _refuse_existing(pool, sale_id, campaign)
+    await refuse_useless(engine, view)
+    result = Issued(codes=[])
+    for warning in await warnings_for(pool, view, count, bind_users):
+        result.warnings.append(warning)
+        if on_warning is not None:
+            on_warning(warning)
+        else:
+            log.warning("campaign %s: %s", campaign, warning)
 
     started = time.perf_counter()
     made, digests = _generate(key, count, progress)
     users = bind_users if bind_users is not None else [""] * count
-    pairs = list(zip(made, users, strict=True))
+    result.codes = [
+        IssuedCode(c, codes.code_ref(d), u) for c, d, u in zip(made, digests, users, strict=True)
+    ]
     log.info("campaign %s: generate %d codes: %.2f s", campaign, count, _since(started))
     if on_generated is not None:
-        on_generated(pairs)
+        on_generated(result.codes)
 
     started = time.perf_counter()
     await _store(pool, sale_id, campaign, digests, bind_users, progress)
@@ -133,7 +239,8 @@ async def issue_campaign(
             f"({exc!r}); run `{load_command(sale_id, campaign)}`"
         ) from exc
     log.info("campaign %s: redis (%d added): %.2f s", campaign, added, _since(started))
-    return pairs
+    result.added_to_redis = added
+    return result
 
 
 async def load_campaign_from_postgres(
@@ -202,7 +309,10 @@ async def load_available(
                 for d, u in zip(digests[start:end], users[start:end], strict=True)
                 for x in (d, campaign, u)
             ]
-            added += int(await engine.scripts.load_fcodes(engine.redis, keys, args))
+            # awaited first: ``added += await ...`` would read ``added`` before the await and
+            # lose what the other workers added meanwhile
+            now_added = int(await engine.scripts.load_fcodes(engine.redis, keys, args))
+            added += now_added
             done += len(args) // 3
             if progress is not None:
                 progress("redis", done, total)

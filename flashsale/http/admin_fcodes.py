@@ -1,6 +1,9 @@
 """Operator endpoint: issue a small campaign of F-codes and get the codes back.
 
-Large campaigns go through ``flashsale fcodes issue``, which writes a CSV file."""
+Large campaigns go through ``flashsale fcodes issue``, which writes a CSV file. The answer is
+the only copy of the codes: each comes with its ``code_ref``, which ``flashsale fcodes export``
+lists, and ``warnings`` says what may keep codes from buying (more codes than F-code units left,
+a paused sale, users holding a code already); codes that could never buy are refused."""
 
 from __future__ import annotations
 
@@ -39,16 +42,19 @@ async def issue_fcodes(request: web.Request) -> web.Response:
     count = None
     if users is None or body.get("count") is not None:
         count = integer(body, "count", minimum=1, maximum=MAX_CODES)
-    pairs = await issue_campaign(
+    issued = await issue_campaign(
         services.pool, services.engine, services.fcode_key, sale_id, campaign,
         count=count, bind_users=users,
     )  # fmt: skip
-    log.info("sale %s: campaign %s issued, %d F-codes", sale_id, campaign, len(pairs))
+    log.info("sale %s: campaign %s issued, %d F-codes", sale_id, campaign, len(issued.codes))
     return json_response(
         {
             "campaign": campaign,
             "sale_id": sale_id,
-            "codes": [{"code": code, "user": user} for code, user in pairs],
+            "codes": [
+                {"code": c.code, "code_ref": c.code_ref, "user": c.user} for c in issued.codes
+            ],
+            "warnings": issued.warnings,
         },
         status=201,
     )

@@ -15,7 +15,8 @@ import orjson
 
 from flashsale.errors import Unauthorized
 
-_MAX_TOKEN_CHARS = 2048
+# room for a 128-character user id of 4-byte characters, which JSON escapes 12 characters each
+_MAX_TOKEN_CHARS = 4096
 MAX_USER_ID_CHARS = 128  # a shopper's id: the token's "sub", and ids in lists
 USER_ID_RULE = (
     f"a user id is 1 to {MAX_USER_ID_CHARS} printable characters, without spaces at either end"

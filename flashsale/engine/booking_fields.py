@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from fractions import Fraction
 
 from flashsale.booking import lottery
 from flashsale.models import Admission, BookingPolicy, SaleDefinition
@@ -12,7 +13,8 @@ from flashsale.models import Admission, BookingPolicy, SaleDefinition
 def initial_admissions(sale: SaleDefinition) -> int:
     """Shoppers admitted when the sale opens: the public units times the admission ratio."""
     assert sale.booking is not None
-    return math.ceil(sale.public_stock * sale.booking.admission_ratio)
+    # exactly, as the ratio was written: in floats 100 units at 0.07 would admit 8
+    return math.ceil(sale.public_stock * Fraction(repr(sale.booking.admission_ratio)))
 
 
 def booking_fields(sale: SaleDefinition) -> dict[str, str | int]:

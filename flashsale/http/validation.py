@@ -193,7 +193,7 @@ def timestamp_ms(body: dict[str, Any], name: str) -> int:
         raise InvalidRequest(f"'{name}' must carry a UTC offset, e.g. +00:00 or Z")
     ms = datetime_to_ms(value)
     if not _EARLIEST_MS <= ms <= _LATEST_MS:
-        raise InvalidRequest(f"'{name}' must fall between the years 2000 and 9998")
+        raise InvalidRequest(f"'{name}' must fall between 2000-01-01 and 9999-01-01 (UTC)")
     return ms
 
 

@@ -14,6 +14,9 @@
 local function gcra(key, rate, burst, now_us)
   rate, burst = tonumber(rate or '0') or 0, tonumber(burst or '0') or 0
   if rate <= 0 then return nil, nil end
+  -- the bounds a sale is created with (0.01/s, a burst of 1e6), also for one armed before
+  -- they existed: beyond them the arithmetic below leaves what Redis and doubles can hold
+  rate, burst = math.min(math.max(rate, 0.01), 1000000), math.min(burst, 1000000)
   local interval = math.floor(1000000 / rate + 0.5)
   local tat = math.max(tonumber(redis.call('GET', key) or '0'), now_us)
   local allow_at = tat - math.max(burst - 1, 0) * interval

@@ -7,6 +7,8 @@
     │   ├── UnreadableBody               400 invalid_request (and the connection is closed)
     │   └── FcodeMalformed               400 fcode_malformed
     ├── Unauthorized                     401 unauthorized
+    │   └── SignatureInvalid             401 invalid_signature (a payment notification not
+    │                                        signed by the payment service, or out of time)
     ├── Forbidden                        403 forbidden
     │   └── BookingRequired              403 booking_required
     ├── NotFound                         404 not_found
@@ -32,6 +34,7 @@
     │   └── AdmissionPassed              409 admission_passed
     ├── RequestTimeout                   408 request_timeout (and the connection is closed)
     ├── SaleEnded                        410 sale_ended
+    ├── Gone                             410 gone (an endpoint that was retired)
     ├── BodyTooLarge                     413 body_too_large
     ├── UnsupportedMediaType             415 unsupported_media_type (a Content-Type or
     │                                        Content-Encoding the service does not read)
@@ -40,6 +43,7 @@
     ├── RateLimited                      429 rate_limited (with Retry-After)
     ├── HeadersTooLarge                  431 headers_too_large (and the connection is closed)
     └── Unavailable                      503 unavailable
+        └── PaymentsNotConfigured        503 payments_not_configured
 """
 
 from __future__ import annotations
@@ -78,6 +82,13 @@ class FcodeMalformed(InvalidRequest):
 
 class Unauthorized(FlashsaleError):
     status, code, default_message = 401, "unauthorized", "a valid bearer token is required"
+
+
+class SignatureInvalid(Unauthorized):
+    code, default_message = (
+        "invalid_signature",
+        "the notification is not signed with a key of ours, or not within five minutes",
+    )
 
 
 class Forbidden(FlashsaleError):
@@ -185,6 +196,10 @@ class SaleEnded(FlashsaleError):
     status, code, default_message = 410, "sale_ended", "the sale has ended"
 
 
+class Gone(FlashsaleError):
+    status, code, default_message = 410, "gone", "this endpoint was retired"
+
+
 class RequestTimeout(FlashsaleError):
     """The request body came too slowly; the connection is closed after the answer."""
 
@@ -244,3 +259,10 @@ class HeadersTooLarge(FlashsaleError):
 
 class Unavailable(FlashsaleError):
     status, code, default_message = 503, "unavailable", "a backing store is unavailable; try again"
+
+
+class PaymentsNotConfigured(Unavailable):
+    code, default_message = (
+        "payments_not_configured",
+        "payment notifications cannot be checked: FLASHSALE_PAYMENT_SECRET is not set",
+    )

@@ -117,6 +117,9 @@ class RateLimit:
         return {"rate": self.rate, "burst": self.burst}
 
 
+# ISO 4217 currency of a sale that names none (the default of FLASHSALE_DEFAULT_CURRENCY)
+DEFAULT_CURRENCY = "USD"
+
 # A person clicking buy, however eagerly, stays under this; a script hammering does not.
 DEFAULT_RATE_PER_USER = RateLimit(rate=10.0, burst=20)
 # Off unless a sale sets it: many shoppers can share one address (campus, carrier NAT).
@@ -143,6 +146,7 @@ class SaleDefinition:
     # buy and book requests allowed per shopper and per client address (429 beyond)
     rate_per_user: RateLimit = DEFAULT_RATE_PER_USER
     rate_per_address: RateLimit = DEFAULT_RATE_PER_ADDRESS
+    currency: str = DEFAULT_CURRENCY  # ISO 4217, of price_cents and of payments
 
     @property
     def public_stock(self) -> int:
@@ -166,6 +170,7 @@ class SaleCounters:
     cancelled: int
     fcode_available: int = 0
     fcode_failures: int = 0
+    paid_late: int = 0  # of ``paid``: units bought again by a payment after their expiry
     bookings: int = 0  # booking numbers given (the last one)
     admitted: int = 0  # queue ranks admitted so far (queued admissions only)
 
@@ -195,6 +200,7 @@ class SaleView:
             "sku": d.sku,
             "name": d.name,
             "price_cents": d.price_cents,
+            "currency": d.currency,
             "stock": d.stock,
             "available": self.counters.available,
             "per_user_limit": d.per_user_limit,
@@ -258,6 +264,10 @@ class Order:
     expires_ms: int
     updated_ms: int
     campaign: str = ""  # the F-code campaign the order was bought with, "" for a public buy
+    # what the order costs (the sale's price x quantity) and in which currency: what the
+    # payment service is to charge
+    amount_cents: int = 0
+    currency: str = DEFAULT_CURRENCY
 
     def to_json(self) -> dict[str, Any]:
         fcode = {"campaign": self.campaign} if self.campaign else {}
@@ -266,6 +276,8 @@ class Order:
             "sale_id": self.sale_id,
             "user_id": self.user_id,
             "quantity": self.quantity,
+            "amount_cents": self.amount_cents,
+            "currency": self.currency,
             "status": self.status.value,
             "created_at": iso(self.created_ms),
             "expires_at": iso(self.expires_ms),

@@ -62,6 +62,62 @@ def _secret(name: str, default: str) -> str:
     return value
 
 
+def _payment_secrets(raw: str) -> tuple[str, ...]:
+    """FLASHSALE_PAYMENT_SECRET: one ``whsec_`` secret, or several separated by commas while a
+    key is rotated (base64 has no comma)."""
+    from flashsale.webhooks.signing import SecretError, parse_secret
+
+    secrets_ = tuple(part.strip() for part in raw.split(",") if part.strip())
+    for secret in secrets_:
+        try:
+            parse_secret(secret)
+        except SecretError as exc:
+            raise SettingsError(f"FLASHSALE_PAYMENT_SECRET: {exc}") from None
+    return secrets_
+
+
+def _webhook_urls(raw: str) -> tuple[str, ...]:
+    """FLASHSALE_WEBHOOK_URLS: http(s) URLs separated by commas, each once."""
+    from urllib.parse import urlsplit
+
+    urls: list[str] = []
+    for part in raw.split(","):
+        url = part.strip()
+        if not url:
+            continue
+        try:
+            parts = urlsplit(url)
+            valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+            _ = parts.port  # raises on a port that is not a number
+        except ValueError:
+            valid = False
+        if not valid or any(c.isspace() for c in url):
+            raise SettingsError(f"FLASHSALE_WEBHOOK_URLS: not an http(s) URL: {url!r}")
+        if url not in urls:
+            urls.append(url)
+    return tuple(urls)
+
+
+def _webhook_secret(raw: str, urls: tuple[str, ...]) -> str:
+    """FLASHSALE_WEBHOOK_SECRET: the ``whsec_`` secret order events are signed with; required
+    when there are receivers."""
+    from flashsale.webhooks.signing import SecretError, parse_secret
+
+    secret = raw.strip()
+    if not secret:
+        if urls:
+            raise SettingsError(
+                "FLASHSALE_WEBHOOK_URLS needs FLASHSALE_WEBHOOK_SECRET (whsec_...), e.g. from "
+                "python3 -c 'from flashsale.webhooks import signing; print(signing.new_secret())'"
+            )
+        return ""
+    try:
+        parse_secret(secret)
+    except SecretError as exc:
+        raise SettingsError(f"FLASHSALE_WEBHOOK_SECRET: {exc}") from None
+    return secret
+
+
 @dataclass(frozen=True, slots=True)
 class Settings:
     """Service settings. Build with :meth:`from_env`; every field has a ``FLASHSALE_*`` twin."""
@@ -116,6 +172,40 @@ class Settings:
     # The hot path's Redis connection: "lean" (flashsale/engine/wire.py, asyncio + hiredis) or
     # "redis-py" (its pooled connections); everything else always uses redis-py.
     redis_client: str = "lean"
+    # ISO 4217 currency of a sale created without one, and of the sales made before sales had
+    # a currency (in PostgreSQL by migration 0004, in Redis when a sale hash has none).
+    default_currency: str = "USD"
+    # Standard Webhooks secrets ("whsec_<base64>") the payment service signs its notifications
+    # with: any of them is accepted, so during a key rotation both the new and the old are
+    # given. None: the payment route answers 503 (nobody can be told an order is paid).
+    payment_secrets: tuple[str, ...] = ()
+
+    @property
+    def payment_keys(self) -> list[bytes]:
+        """The HMAC keys of the payment service's notifications."""
+        from flashsale.webhooks.signing import parse_secret
+
+        return [parse_secret(secret) for secret in self.payment_secrets]
+
+    # Order events (flashsale/outbox): the receivers the relay POSTs them to, the Standard
+    # Webhooks secret they are signed with, and the relay's patience: an answer within
+    # webhook_timeout_s, retries after webhook_retry_base_s doubling up to webhook_retry_cap_s,
+    # given up webhook_give_up_s after the first attempt.
+    webhook_urls: tuple[str, ...] = ()
+    webhook_secret: str = ""
+    webhook_timeout_s: float = 10.0
+    webhook_retry_base_s: float = 1.0
+    webhook_retry_cap_s: float = 3600.0
+    webhook_give_up_s: float = 86_400.0
+    webhook_batch_size: int = 50
+    webhook_poll_s: float = 0.25
+
+    @property
+    def webhook_key(self) -> bytes:
+        """The HMAC key order events are signed with."""
+        from flashsale.webhooks.signing import parse_secret
+
+        return parse_secret(self.webhook_secret)
 
     @property
     def fcode_key(self) -> bytes:
@@ -150,6 +240,16 @@ class Settings:
         # admin token guards every operator action, so it gets the same floor
         secret = _secret("FLASHSALE_TOKEN_SECRET", defaults.token_secret)
         admin_token = _secret("FLASHSALE_ADMIN_TOKEN", defaults.admin_token)
+        currency = env("FLASHSALE_DEFAULT_CURRENCY", "") or defaults.default_currency
+        if not (
+            len(currency) == 3 and currency.isascii() and currency.isalpha() and currency.isupper()
+        ):
+            raise SettingsError(
+                f"FLASHSALE_DEFAULT_CURRENCY must be an ISO 4217 code such as USD, got {currency!r}"
+            )
+        payment_secrets = _payment_secrets(env("FLASHSALE_PAYMENT_SECRET", ""))
+        webhook_urls = _webhook_urls(env("FLASHSALE_WEBHOOK_URLS", ""))
+        webhook_secret = _webhook_secret(env("FLASHSALE_WEBHOOK_SECRET", ""), webhook_urls)
         return cls(
             redis_url=env("FLASHSALE_REDIS_URL", DEFAULT_REDIS_URL),
             database_url=env("FLASHSALE_DATABASE_URL", DEFAULT_DATABASE_URL),
@@ -198,4 +298,16 @@ class Settings:
             run_writer=env("FLASHSALE_RUN_WRITER", "1") not in ("0", "false", "no"),
             run_sweeper=env("FLASHSALE_RUN_SWEEPER", "1") not in ("0", "false", "no"),
             redis_client=client,
+            default_currency=currency,
+            payment_secrets=payment_secrets,
+            webhook_urls=webhook_urls,
+            webhook_secret=webhook_secret,
+            webhook_timeout_s=_env_float("FLASHSALE_WEBHOOK_TIMEOUT_S", defaults.webhook_timeout_s),
+            webhook_retry_base_s=_env_float(
+                "FLASHSALE_WEBHOOK_RETRY_BASE_S", defaults.webhook_retry_base_s
+            ),
+            webhook_retry_cap_s=_env_float(
+                "FLASHSALE_WEBHOOK_RETRY_CAP_S", defaults.webhook_retry_cap_s
+            ),
+            webhook_give_up_s=_env_float("FLASHSALE_WEBHOOK_GIVE_UP_S", defaults.webhook_give_up_s),
         )

@@ -22,7 +22,8 @@ FCODE_REFUSALS = frozenset({"sold_out", "fcode_used", "sale_not_open"})
 GUESS_REFUSALS = frozenset({
     "fcode_invalid", "fcode_throttled", "rate_limited", "sold_out", "sale_not_open", "sale_ended",
 })  # fmt: skip
-PAY_REFUSALS = frozenset({"order_expired", "order_cancelled"})
+# the refunds a right payment may meet: the reservation lapsed (and no unit was free)
+PAY_REFUSALS = frozenset({"reservation_expired"})
 
 
 @dataclass(frozen=True)
@@ -138,16 +139,18 @@ def judge_pay(
     j = _read(status, content, error)
     if j.problem or j.body is None:
         return j
-    if status == 200:
-        order = j.body.get("order")
-        if not isinstance(order, dict) or order.get("order_id") != order_id:
-            return _bad(j, "200 without the order")
-        if order.get("status") != "paid":
-            return _bad(j, "200 but the order is not paid")
-        return j
-    if status == 409 and j.body.get("error") in PAY_REFUSALS:
-        return j
-    return _unexpected(j)
+    if status != 200:
+        return _unexpected(j)
+    payment = j.body.get("payment")
+    if not isinstance(payment, dict) or payment.get("order_id") != order_id:
+        return _bad(j, "200 without the payment")
+    outcome, reason = payment.get("outcome"), payment.get("reason")
+    if outcome == "paid" and reason is None:
+        return Judgement("200 paid", None, j.body)
+    # a winner slower than the reservation, whose unit went to someone else
+    if outcome == "refund_required" and reason in PAY_REFUSALS:
+        return Judgement(f"200 refund_required {reason}", None, j.body)
+    return _bad(j, f"payment decided {outcome} {reason}")
 
 
 def judge_sale(

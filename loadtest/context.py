@@ -1,5 +1,6 @@
-"""What the users of one Locust process share: the plan, the recorder and the identity
-pools. Set up once per process, when Locust initialises (locustfile.py)."""
+"""What the users of one Locust process share: the plan, the recorder, the identity pools and
+the payment service's signing key (from FLASHSALE_PAYMENT_SECRET, which the driver hands every
+Locust process). Set up once per process, when Locust initialises (locustfile.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field
 
 import gevent.pool
 
+from flashsale.webhooks.signing import parse_secret
 from loadtest.plan import Plan
 from loadtest.pools import Pool, shared_pool
 from loadtest.records import Recorder
@@ -18,6 +20,7 @@ from loadtest.records import Recorder
 class Crowd:
     plan: Plan
     recorder: Recorder
+    payment_key: bytes  # winners pay as the payment service would: signed notifications
     process_index: int = 0
     # winners on their way to pay, each a greenlet of its own: stopped with the crowd
     checkouts: gevent.pool.Group = field(default_factory=gevent.pool.Group)
@@ -32,7 +35,11 @@ _crowd: Crowd | None = None
 def setup_crowd(plan: Plan, role: str) -> Crowd:
     global _crowd
     tag = f"{role}-{socket.gethostname()}-{os.getpid()}"
-    _crowd = Crowd(plan=plan, recorder=Recorder(plan.record_dir, tag))
+    secret = os.environ.get("FLASHSALE_PAYMENT_SECRET", "").split(",")[0].strip()
+    if not secret:
+        raise RuntimeError("set FLASHSALE_PAYMENT_SECRET: the crowd's winners pay with it")
+    _crowd = Crowd(plan=plan, recorder=Recorder(plan.record_dir, tag),
+                   payment_key=parse_secret(secret))  # fmt: skip
     return _crowd
 
 

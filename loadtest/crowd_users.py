@@ -2,7 +2,8 @@
 
 Each user is a sequence of shoppers: it takes an identity, acts as that shopper until the
 shopper is done (won and paid or never paid, refused for good, or gave up), then takes the
-next. Winners pay at the checkout, within the plan's ``checkout_s`` of their 201, while the
+next. Winners pay at the checkout, within the plan's ``checkout_s`` of their 201 (the crowd
+plays the payment service: it posts the signed notification the payment service would), while the
 user goes on with the next shopper: a winner's payment does not hold back the crowd, and no
 pool of payers falls behind the buyers (leaving orders unpaid for want of payers rather than
 of shoppers). Every answer is judged by checks.py; correct refusals count as successes,
@@ -21,6 +22,8 @@ from locust import task
 from locust.contrib.fasthttp import FastHttpUser
 
 from flashsale.fcodes.codes import new_code
+from flashsale.payments.simulator import PATH as PAYMENTS_PATH
+from flashsale.payments.simulator import new_id, signed_notification
 from loadtest import checks
 from loadtest.context import Crowd, crowd
 from loadtest.pools import BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, Identity
@@ -72,26 +75,34 @@ class Shopper(FastHttpUser):
         never pay (their units stay reserved)."""
         assert self.identity is not None
         assert judgement.body is not None
-        order_id = judgement.body["order"]["order_id"]
+        order = judgement.body["order"]
+        order_id = order["order_id"]
         self.crowd.recorder.order("reserved", order_id, self.identity.user, lane)
         if random.random() < self.plan.pay_share:
             checkout = gevent.spawn_later(
                 random.uniform(0.2, max(0.2, self.plan.checkout_s)),
-                self.pay, self.identity, order_id, lane, self.role,
+                self.pay, self.identity, order, lane, self.role,
             )  # fmt: skip
             self.crowd.checkouts.add(checkout)
         self.identity = None
 
-    def pay(self, identity: Identity, order_id: str, lane: str, role: str) -> None:
-        """At the checkout: pay; a failed payment is tried again a few times."""
+    def pay(self, identity: Identity, order: dict[str, Any], lane: str, role: str) -> None:
+        """At the checkout: the payment service charges the order and notifies the engine; a
+        notification that got no decision is sent again, under its webhook-id, a few times."""
+        order_id = order["order_id"]
 
         def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
             return checks.judge_pay(status, content, order_id=order_id, error=error)
 
+        payment_id, webhook_id = new_id("pay"), new_id("msg")
         for _ in range(MAX_FAILED_TRIES):
-            path = f"/v1/orders/{order_id}/pay"
-            j = self.send("POST", path, PAY, judge, role=role, headers=identity.headers)
-            if j.answer == "200" and j.ok:
+            body, headers = signed_notification(
+                self.crowd.payment_key, order_id, order["amount_cents"], order["currency"],
+                payment_id=payment_id, webhook_id=webhook_id,
+            )  # fmt: skip
+            j = self.send("POST", PAYMENTS_PATH, PAY, judge, role=role, data=body,
+                          headers=headers)  # fmt: skip
+            if j.answer == "200 paid" and j.ok:
                 self.crowd.recorder.order("paid", order_id, identity.user, lane)
             if j.ok:
                 return

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import IO, Any
 
 BUY = "POST /v1/sales/{id}/buy"
-PAY = "POST /v1/orders/{id}/pay"
+PAY = "POST /v1/payments/events"  # the payment service's notification that a winner paid
 SALE = "GET /v1/sales/{id}"
 BOOKING = "GET /v1/sales/{id}/bookings/me"
 ENDPOINTS = (BUY, PAY, SALE, BOOKING)
@@ -38,7 +38,7 @@ class Recorder:
         self._failed = array("B")
 
     def order(self, event: str, order_id: str, user: str, lane: str) -> None:
-        """``event``: "reserved" (a 201) or "paid" (a 200 to pay)."""
+        """``event``: "reserved" (a 201) or "paid" (a payment answered 200 paid)."""
         line = {"t": time.time(), "event": event, "order_id": order_id, "user": user, "lane": lane}
         if self._orders is None:
             self._orders = (self.dir / f"orders-{self.tag}.jsonl").open("a", buffering=1 << 16)

@@ -58,6 +58,7 @@ def stats_sample(plan: Plan, admin_token: str) -> dict[str, Any]:
     return {
         "kind": "stats",
         **{k: stats[k] for k in ("available", "reserved", "paid", "expired", "cancelled")},
+        "paid_late": stats.get("paid_late", 0),
         "pg_orders": pg["total"],
         "pg_paid": pg["paid"],
     }

@@ -21,7 +21,7 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from flashsale.settings import Settings
-from tests.helpers import Service, start_service
+from tests.helpers import PAYMENT_SECRET, Service, start_service
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -93,6 +93,7 @@ def settings(redis_url: str, database_url: str, key_prefix: str) -> Settings:
         sweeper_interval_s=0.05,
         sold_out_recheck_s=0.1,
         redis_max_connections=128,
+        payment_secrets=(PAYMENT_SECRET,),
     )
 
 

@@ -129,7 +129,7 @@ async def test_oversized_buy_bodies_are_413(service: Service) -> None:
         assert "Content-Length" not in resp.request_info.headers
         reply = Reply(resp.status, await resp.json(), dict(resp.headers))
     assert_error(reply, 413, "body_too_large", "chunked")
-    for action in ("pay", "cancel"):
+    for action in ("cancel",):
         reply = await service.call(
             "POST", f"/v1/orders/{sale['sale_id']}.{'0' * 26}/{action}", data=big,
             headers=as_json(service.auth("alice")),
@@ -413,7 +413,6 @@ async def test_orders_of_others_do_not_exist(service: Service) -> None:
     bob = service.auth("bob")
     for method, path in [
         ("GET", f"/v1/orders/{order_id}"),
-        ("POST", f"/v1/orders/{order_id}/pay"),
         ("POST", f"/v1/orders/{order_id}/cancel"),
     ]:
         reply = await service.call(method, path, headers=bob)
@@ -422,7 +421,7 @@ async def test_orders_of_others_do_not_exist(service: Service) -> None:
         assert "alice" not in str(reply.body)
     # refused settlements with a bad body leave it alone too
     for body in (b'{"amount": 1}', b"[]", b"{"):
-        for action in ("pay", "cancel"):
+        for action in ("cancel",):
             path = f"/v1/orders/{order_id}/{action}"
             reply = await service.call(
                 "POST", path, data=body, headers=as_json(service.auth("alice"))
@@ -446,7 +445,7 @@ async def test_made_up_and_malformed_order_ids_are_404(service: Service) -> None
     ]  # fmt: skip
     alice = service.auth("alice")
     for order_id in made_up + malformed:
-        for method, suffix in [("GET", ""), ("POST", "/pay"), ("POST", "/cancel")]:
+        for method, suffix in [("GET", ""), ("POST", "/cancel")]:
             reply = await service.call(method, f"/v1/orders/{order_id}{suffix}", headers=alice)
             assert_error(reply, 404, "order_not_found", f"{method} {order_id}{suffix}")
     assert (await service.stats(sid))["reserved"] == 1

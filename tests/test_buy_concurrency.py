@@ -61,7 +61,7 @@ async def test_sale_view_follows_the_stock(service: Service) -> None:
     assert set(view.body["sale"]) == {
         "sale_id", "sku", "name", "price_cents", "stock", "available", "per_user_limit",
         "starts_at", "ends_at", "status", "fcode_stock", "fcode_available", "fcode_opens_at",
-        "rate_limits",
+        "rate_limits", "currency",
     }  # fmt: skip
     assert view.body["sale"]["rate_limits"] == {
         "per_user": {"rate": 10.0, "burst": 20}, "per_address": {"rate": 0.0, "burst": 0},

@@ -29,7 +29,7 @@ async def test_writer_events_after_a_confirmed_row_still_apply(
     sale = await service.create_sale(stock=2)
     reply = await service.buy(sale["sale_id"], "u1")
     order_id = reply.body["order"]["order_id"]
-    assert (await service.order_action(order_id, "u1", "pay")).status == 200
+    assert (await service.pay(order_id)).body["payment"]["outcome"] == "paid"
     await service.wait_for_postgres(sale["sale_id"])
     status = await service.services.pool.fetchval(
         "SELECT status FROM orders WHERE order_id = $1", order_id

@@ -30,8 +30,10 @@ import psutil
 import pytest
 
 from flashsale.auth import issue_token
+from flashsale.payments.simulator import new_id, signed_notification
 from flashsale.settings import Settings
-from tests.helpers import flashsale_env, run_flashsale, sale_spec
+from flashsale.webhooks.signing import parse_secret
+from tests.helpers import PAYMENT_SECRET, flashsale_env, run_flashsale, sale_spec
 
 KILLS = int(os.environ.get("FLASHSALE_FAULT_KILLS", "50"))
 SEED = int(os.environ.get("FLASHSALE_FAULT_SEED", "1"))
@@ -91,7 +93,9 @@ async def _shopper(
     http: aiohttp.ClientSession, base: str, sale_id: str, user: str, secret: str,
     rng: random.Random, ledger: Ledger,
 ) -> None:  # fmt: skip
-    """One shopper: buy (retrying a lost answer with the same key), then pay or cancel."""
+    """One shopper: buy (retrying a lost answer with the same key), then pay (the payment
+    service's notification, sent again under its webhook-id when the answer was lost) or
+    cancel."""
     headers = {"Authorization": f"Bearer {issue_token(secret, user)}", "Idempotency-Key": user}
     ledger.attempted.add(user)
     for _ in range(20):
@@ -104,8 +108,9 @@ async def _shopper(
         ledger.answers[f"buy {status}"] += 1
         if status != 201:
             return
-        order_id = body["order"]["order_id"]
-        assert body["order"]["user_id"] == user
+        order = body["order"]
+        order_id = order["order_id"]
+        assert order["user_id"] == user
         ledger.confirmed[order_id] = user
         break
     else:
@@ -115,13 +120,23 @@ async def _shopper(
         return
     if action == "cancel":
         ledger.cancel_sent.add(order_id)
+    payment_id, webhook_id = new_id("pay"), new_id("msg")
     for _ in range(20):
-        got = await _call(http, "POST", f"{base}/v1/orders/{order_id}/{action}", headers=headers)
+        if action == "pay":
+            data, signed = signed_notification(
+                parse_secret(PAYMENT_SECRET), order_id, order["amount_cents"], order["currency"],
+                payment_id=payment_id, webhook_id=webhook_id,
+            )  # fmt: skip
+            got = await _call(http, "POST", f"{base}/v1/payments/events", data=data, headers=signed)
+        else:
+            got = await _call(http, "POST", f"{base}/v1/orders/{order_id}/cancel", headers=headers)
         if got is None or got[0] >= 500:
             await asyncio.sleep(0.1)
             continue
-        if got[0] == 200:
-            (ledger.paid if action == "pay" else ledger.cancelled).add(order_id)
+        if action == "cancel" and got[0] == 200:
+            ledger.cancelled.add(order_id)
+        if action == "pay" and got[0] == 200 and got[1]["payment"]["outcome"] == "paid":
+            ledger.paid.add(order_id)
         return
 
 

@@ -233,7 +233,7 @@ async def test_json_media_types_and_bodiless_requests_are_read(service: Service)
     reply = await raw_call(service, "POST", path, headers=headers)
     assert reply.status == 201, reply.body
     order_id = reply.body["order"]["order_id"]
-    reply = await raw_call(service, "POST", f"/v1/orders/{order_id}/pay", headers=headers)
+    reply = await raw_call(service, "POST", f"/v1/orders/{order_id}/cancel", headers=headers)
     assert reply.status == 200, reply.body
 
 

@@ -30,6 +30,7 @@ from flashsale.store.migrate import (
     SchemaTooNew,
     load_migrations,
     migrate_database,
+    migration_parameters,
     split_statements,
 )
 from tests.conftest import ServiceFactory
@@ -307,6 +308,8 @@ async def test_a_0_1_0_database_upgrades_keeping_every_row_and_serves(
     pool = await open_pool(url, max_size=1)  # a process of this release starts on it
     await pool.close()
     assert await applied_versions(url) == list(range(1, LATEST + 1))
+    # every row kept as it was; the sales gained the default currency (0004)
+    before["sales"] = [sale | {"currency": "USD"} for sale in before["sales"]]
     assert await contents(url) == before
     fresh = await new_database()
     await migrate_database(fresh)
@@ -552,3 +555,35 @@ async def test_a_no_transaction_migration_runs_again_after_a_crash(
     assert await applied_versions(url) == [1, 2]
     assert any("invalid index t_x" in r.getMessage() for r in caplog.records)
     assert await migrate_database(url, migrations) == []
+
+
+async def test_sales_made_before_currencies_get_the_deployments_default_currency(
+    new_database: NewDatabase,
+) -> None:
+    """0004 is given FLASHSALE_DEFAULT_CURRENCY as a session parameter: the sales already there
+    get it, and it stays the column's default (a sale a process of the previous release makes
+    meanwhile gets it too); without one, USD; a code that is none fails and changes nothing."""
+    before_currencies = [m for m in SHIPPED if m.version < 4]
+    insert_sale = (
+        "INSERT INTO sales (sale_id, sku, name, price_cents, stock, per_user_limit, starts_at,"
+        " ends_at, reservation_ttl_s) VALUES ($1, 's', 'S', 100, 5, 1, $2, $3, 60)"
+    )
+    url = await new_database()
+    await migrate_database(url, before_currencies)
+    for sale_id in ("a", "b"):
+        await execute(url, insert_sale, sale_id, T0, T0 + timedelta(hours=1))
+    with pytest.raises(MigrationFailed, match="ISO 4217"):
+        await migrate_database(url, parameters=migration_parameters(default_currency="euro"))
+    assert await applied_versions(url) == [1, 2, 3]
+    await migrate_database(url, parameters=migration_parameters(default_currency="EUR"))
+    await execute(url, insert_sale, "c", T0, T0 + timedelta(hours=1))
+    rows = await fetch(url, "SELECT sale_id, currency FROM sales ORDER BY sale_id")
+    assert rows == [{"sale_id": s, "currency": "EUR"} for s in ("a", "b", "c")]
+    with pytest.raises(asyncpg.CheckViolationError):
+        await execute(url, "UPDATE sales SET currency = 'eur'")
+
+    plain = await new_database()
+    await migrate_database(plain, before_currencies)
+    await execute(plain, insert_sale, "a", T0, T0 + timedelta(hours=1))
+    await migrate_database(plain)
+    assert await fetch(plain, "SELECT currency FROM sales") == [{"currency": "USD"}]

@@ -22,6 +22,7 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from flashsale.auth import issue_token
 from flashsale.http.openapi import openapi_spec
+from tests.helpers import PAYMENT_SECRET
 
 EXAMPLES = int(os.environ.get("FLASHSALE_FUZZ_EXAMPLES", "25"))
 schema = schemathesis.openapi.from_dict(openapi_spec())
@@ -51,6 +52,7 @@ def live(redis_url: str, database_url: str) -> Iterator[dict[str, str]]:
         FLASHSALE_KEY_PREFIX=f"fuzz-{secrets.token_hex(4)}",
         FLASHSALE_TOKEN_SECRET=secret,
         FLASHSALE_ADMIN_TOKEN=admin,
+        FLASHSALE_PAYMENT_SECRET=PAYMENT_SECRET,
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "flashsale", "serve", "--single-process", "--port", str(port)],

@@ -17,6 +17,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from flashsale import __version__
 from flashsale.http.admin import parse_sale
 from flashsale.settings import Settings
 from flashsale.store.sales import insert_sale
@@ -31,10 +32,12 @@ async def test_keys_of_a_sale_share_one_hash_tag(service: Service, redis: Redis)
     sale = await service.create_sale(stock=5, per_user_limit=2)
     sale_id = sale["sale_id"]
     reply = await service.buy(sale_id, "u:1", {"quantity": 2}, key="k")
-    await service.order_action(reply.body["order"]["order_id"], "u:1", "pay")
+    paid = await service.pay(reply.body["order"]["order_id"])
+    assert paid.body["payment"]["outcome"] == "paid"
     keys = [k async for k in redis.scan_iter(match=f"{service.settings.key_prefix}:*")]
     sale_keys = [k for k in keys if k != f"{service.settings.key_prefix}:sales"]
-    assert len(sale_keys) >= 5  # sale, holders, deadlines-or-events, order, idempotency
+    # sale, holders, deadlines-or-events, order, idempotency, payment, webhook-id
+    assert len(sale_keys) >= 7
     for key in sale_keys:
         assert f"{{{sale_id}}}" in key
         assert key.count("{") == 1
@@ -45,7 +48,7 @@ async def test_stats_count_units_and_postgres_orders(service: Service) -> None:
     ids = [
         (await service.buy(sale["sale_id"], f"u{i}")).body["order"]["order_id"] for i in range(3)
     ]
-    await service.order_action(ids[0], "u0", "pay")
+    assert (await service.pay(ids[0])).body["payment"]["outcome"] == "paid"
     await service.order_action(ids[1], "u1", "cancel")
     stats = await service.wait_for_postgres(sale["sale_id"])
     assert {k: stats[k] for k in ("stock", "available", "reserved", "paid", "cancelled")} == {
@@ -72,7 +75,10 @@ async def test_interrupted_create_is_completed_by_repeating_it(service: Service)
 async def test_healthz(service: Service) -> None:
     reply = await service.call("GET", "/healthz")
     assert reply.status == 200
-    assert reply.body == {"status": "ok", "redis": "ok", "postgres": "ok", "pid": os.getpid()}
+    assert reply.body == {
+        "status": "ok", "redis": "ok", "postgres": "ok", "pid": os.getpid(),
+        "version": __version__,
+    }  # fmt: skip
 
 
 async def test_token_command_prints_an_accepted_token(service: Service, settings: Settings) -> None:

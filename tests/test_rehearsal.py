@@ -110,3 +110,22 @@ def test_a_guessed_code_must_be_refused() -> None:
     assert judged(201, {"order": {"order_id": "x"}}) == "201 for a guessed F-code"
     assert judged(500, {"error": "internal_error", "message": "x"}) is not None
     assert judged(409, {"error": "limit_reached", "message": "x"}) is not None
+
+
+def test_payment_answers_are_judged_by_their_bodies() -> None:
+    def judged(status: int, body: dict[str, object], order_id: str = "s.o1") -> str | None:
+        return checks.judge_pay(status, orjson.dumps(body), order_id=order_id).problem
+
+    def payment(outcome: str, reason: str | None, order_id: str = "s.o1") -> dict[str, object]:
+        return {"payment": {"order_id": order_id, "outcome": outcome, "reason": reason}}
+
+    assert judged(200, payment("paid", None)) is None
+    assert judged(200, payment("refund_required", "reservation_expired")) is None
+    assert judged(200, payment("refund_required", "amount_mismatch")) is not None
+    assert judged(200, payment("refund_required", "already_paid")) is not None
+    assert judged(200, payment("paid", None, order_id="s.other")) == "200 without the payment"
+    assert judged(200, {"order": {"order_id": "s.o1", "status": "paid"}}) is not None
+    assert judged(401, {"error": "invalid_signature", "message": "x"}) is not None
+    assert checks.judge_pay(200, orjson.dumps(payment("paid", None)), order_id="s.o1").answer == (
+        "200 paid"
+    )

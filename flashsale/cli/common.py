@@ -38,6 +38,7 @@ def run_job(settings: Settings, job: Job, prog: str) -> int:
         from flashsale.engine.engine import Engine
         from flashsale.engine.keys import Keyspace
         from flashsale.store.database import open_pool
+        from flashsale.store.migrate import migration_parameters
 
         redis = connect_redis(settings)
         engine = Engine(
@@ -45,9 +46,14 @@ def run_job(settings: Settings, job: Job, prog: str) -> int:
             Keyspace(settings.key_prefix),
             sold_out_recheck_s=settings.sold_out_recheck_s,
             idempotency_ttl_s=settings.idempotency_ttl_s,
+            default_currency=settings.default_currency,
         )
         try:
-            pool = await open_pool(settings.database_url, max_size=2)
+            pool = await open_pool(
+                settings.database_url,
+                max_size=2,
+                parameters=migration_parameters(default_currency=settings.default_currency),
+            )
             try:
                 return await job(pool, engine)
             finally:

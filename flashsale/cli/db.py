@@ -45,7 +45,12 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from asyncpg import PostgresError
 
     from flashsale.store.database import ensure_database
-    from flashsale.store.migrate import SchemaError, load_migrations, migrate_database
+    from flashsale.store.migrate import (
+        SchemaError,
+        load_migrations,
+        migrate_database,
+        migration_parameters,
+    )
 
     def applied(migration: Migration, elapsed_s: float) -> None:
         kind = "" if migration.transactional else " (outside a transaction)"
@@ -53,7 +58,12 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     async def run() -> int:
         await ensure_database(settings.database_url)
-        done = await migrate_database(settings.database_url, strict=True, on_applied=applied)
+        done = await migrate_database(
+            settings.database_url,
+            strict=True,
+            on_applied=applied,
+            parameters=migration_parameters(default_currency=settings.default_currency),
+        )
         latest = load_migrations()[-1].version
         if done:
             print(f"database schema: {latest} (up to date)")
@@ -181,11 +191,14 @@ def prepare_schema(settings: Settings) -> None:
     from asyncpg import PostgresError
 
     from flashsale.store.database import ensure_database
-    from flashsale.store.migrate import MigrationFailed, migrate_database
+    from flashsale.store.migrate import MigrationFailed, migrate_database, migration_parameters
 
     async def run() -> None:
         await ensure_database(settings.database_url)
-        await migrate_database(settings.database_url)
+        await migrate_database(
+            settings.database_url,
+            parameters=migration_parameters(default_currency=settings.default_currency),
+        )
 
     try:
         asyncio.run(run())

@@ -1,8 +1,10 @@
 """``flashsale demo``: a whole sale, end to end, on the configured Redis and PostgreSQL.
 
 Starts the service in this process on a free port, creates a sale, lets a crowd of simulated
-shoppers (real HTTP, real tokens) buy it out, has most winners pay and some cancel, waits for
-every order to reach PostgreSQL and prints what happened, with the invariants checked. With
+shoppers (real HTTP, real tokens) buy it out, has most winners pay (a simulated payment service
+sends the engine signed payment notifications; without FLASHSALE_PAYMENT_SECRET the demo makes
+a secret up) and some cancel, waits for every order to reach PostgreSQL and prints what
+happened, with the invariants checked. With
 ``--admission`` the crowd books first and buys through the booking queue (demo_queue.py).
 """
 
@@ -13,6 +15,7 @@ import random
 import socket
 import time
 from collections import Counter
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -23,7 +26,9 @@ from flashsale.auth import issue_token
 from flashsale.cli.demo_queue import QueueCrowd, run_queue_sale
 from flashsale.http.app import create_app
 from flashsale.http.runner import AppRunner
+from flashsale.payments.simulator import PaymentService
 from flashsale.settings import Settings
+from flashsale.webhooks.signing import new_secret
 
 
 def _free_port() -> int:
@@ -37,30 +42,37 @@ async def run_demo(
     settings: Settings, *, stock: int, shoppers: int, concurrency: int, pay_share: float,
     admission: str | None = None, no_show_share: float = 0.1, window_s: int = 2,
 ) -> int:  # fmt: skip
+    if not settings.payment_secrets:  # the demo plays the payment service too
+        settings = replace(settings, payment_secrets=(new_secret(),))
     app = create_app(settings)
     runner = AppRunner(app, access_log=None)  # flashsale's: parser errors answered as JSON
     await runner.setup()
     port = _free_port()
     await web.TCPSite(runner, "127.0.0.1", port).start()
     base = f"http://127.0.0.1:{port}"
+    payments = PaymentService(base, settings.payment_secrets[0])
     try:
         async with aiohttp.ClientSession(
             base, connector=aiohttp.TCPConnector(limit=concurrency)
         ) as http:
             if admission is None:
-                return await _sale(http, settings, stock, shoppers, concurrency, pay_share)
+                return await _sale(
+                    http, payments, settings, stock, shoppers, concurrency, pay_share
+                )
             sale_id, crowd, booked, crowd_s = await run_queue_sale(
-                http, settings, admission=admission, stock=stock, shoppers=shoppers,
+                http, settings, payments, admission=admission, stock=stock, shoppers=shoppers,
                 concurrency=concurrency, pay_share=pay_share, no_show_share=no_show_share,
                 window_s=window_s,
             )  # fmt: skip
             return await _queue_report(http, settings, sale_id, crowd, booked, crowd_s, stock)
     finally:
+        await payments.close()
         await runner.cleanup()
 
 
 async def _sale(
     http: aiohttp.ClientSession,
+    payments: PaymentService,
     settings: Settings,
     stock: int,
     shoppers: int,
@@ -89,7 +101,7 @@ async def _sale(
 
     tokens = [issue_token(settings.token_secret, f"shopper-{i}") for i in range(shoppers)]
     answers: Counter[str] = Counter()
-    winners: list[tuple[str, str]] = []  # (token, order_id)
+    winners: list[tuple[str, dict[str, Any]]] = []  # (token, order)
     sold_out_at: float | None = None
     queue: asyncio.Queue[str] = asyncio.Queue()
     for token in tokens:
@@ -104,7 +116,7 @@ async def _sale(
                 body: dict[str, Any] = await resp.json()
             if resp.status == 201:
                 answers["reserved"] += 1
-                winners.append((token, body["order"]["order_id"]))
+                winners.append((token, body["order"]))
                 if len(winners) == stock:
                     sold_out_at = time.perf_counter()
             else:
@@ -115,16 +127,21 @@ async def _sale(
     crowd_s = time.perf_counter() - started
     sellout_s = (sold_out_at or time.perf_counter()) - started
 
-    # Most winners pay; some change their mind and cancel, which puts units back on sale.
+    # Most winners pay: the shop hands each order (its amount and currency) to the payment
+    # service, which notifies the engine. Some change their mind and cancel, which puts units
+    # back on sale.
     random.seed(7)
     paid = cancelled = 0
-    for token, order_id in winners:
-        action = "pay" if random.random() < pay_share else "cancel"
+    for token, order in winners:
+        if random.random() < pay_share:
+            payment = await payments.pay(
+                order["order_id"], order["amount_cents"], order["currency"]
+            )
+            paid += payment["outcome"] == "paid"
+            continue
         headers = {"Authorization": f"Bearer {token}"}
-        async with http.post(f"/v1/orders/{order_id}/{action}", headers=headers) as resp:
-            if resp.status == 200:
-                paid += action == "pay"
-                cancelled += action == "cancel"
+        async with http.post(f"/v1/orders/{order['order_id']}/cancel", headers=headers) as resp:
+            cancelled += resp.status == 200
 
     stats = await _wait_for_postgres(http, admin, sale_id, len(winners))
     pg = stats["orders_in_postgres"]

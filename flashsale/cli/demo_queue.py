@@ -3,7 +3,8 @@
 Every shopper books while booking is open; when the sale opens, the admitted ones buy and the
 others wait their turn, polling as the service tells them (202 with ``Retry-After``). Some
 booked shoppers never show up, so their places pass to the next in line when their admission
-window closes; winners pay at once or cancel, and cancelled units go to the next in line too.
+window closes; winners pay at once (through the payment service, which notifies the engine) or
+cancel, and cancelled units go to the next in line too.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import aiohttp
 
 from flashsale.auth import issue_token
+from flashsale.payments.simulator import PaymentService
 from flashsale.settings import Settings
 
 BOOKINGS_PER_S = 1500  # a conservative booking rate, to give the crowd time to book
@@ -36,8 +38,9 @@ class QueueCrowd:
 
 
 async def run_queue_sale(
-    http: aiohttp.ClientSession, settings: Settings, *, admission: str, stock: int,
-    shoppers: int, concurrency: int, pay_share: float, no_show_share: float, window_s: int,
+    http: aiohttp.ClientSession, settings: Settings, payments: PaymentService, *,
+    admission: str, stock: int, shoppers: int, concurrency: int, pay_share: float,
+    no_show_share: float, window_s: int,
 ) -> tuple[str, QueueCrowd, int, float]:  # fmt: skip
     """Create the sale, book the crowd, run the launch; (sale id, crowd, booked, seconds)."""
     admin = {"Authorization": f"Bearer {settings.admin_token}"}
@@ -73,7 +76,7 @@ async def run_queue_sale(
     started = time.perf_counter()
     # every shopper is there at once; the HTTP client's connection limit is the concurrency
     await asyncio.gather(*(
-        _shop_until_done(http, sale_id, token, crowd, rng, pay_share, stock, started)
+        _shop_until_done(http, payments, sale_id, token, crowd, rng, pay_share, stock, started)
         for token in showing
     ))  # fmt: skip
     return sale_id, crowd, booked, time.perf_counter() - started
@@ -97,8 +100,8 @@ async def _book_all(
 
 
 async def _shop_until_done(
-    http: aiohttp.ClientSession, sale_id: str, token: str, crowd: QueueCrowd,
-    rng: random.Random, pay_share: float, stock: int, started: float,
+    http: aiohttp.ClientSession, payments: PaymentService, sale_id: str, token: str,
+    crowd: QueueCrowd, rng: random.Random, pay_share: float, stock: int, started: float,
 ) -> None:  # fmt: skip
     """One shopper: buy, and while queued wait as told and try again."""
     headers = {"Authorization": f"Bearer {token}"}
@@ -121,12 +124,15 @@ async def _shop_until_done(
         crowd.winners.append((rank, token))
         if first_queued is not None:
             crowd.waited_s.append(time.perf_counter() - first_queued)
-        action = "pay" if rng.random() < pay_share else "cancel"
-        order_id = body["order"]["order_id"]
-        async with http.post(f"/v1/orders/{order_id}/{action}", headers=headers) as resp:
-            if resp.status == 200:
-                crowd.paid += action == "pay"
-                crowd.cancelled += action == "cancel"
+        order = body["order"]
+        if rng.random() < pay_share:  # the shop hands the order to the payment service
+            payment = await payments.pay(
+                order["order_id"], order["amount_cents"], order["currency"]
+            )
+            crowd.paid += payment["outcome"] == "paid"
+        else:
+            async with http.post(f"/v1/orders/{order['order_id']}/cancel", headers=headers) as resp:
+                crowd.cancelled += resp.status == 200
         if crowd.paid == stock and crowd.sold_out_at is None:
             crowd.sold_out_at = time.perf_counter() - started
         return

@@ -1,5 +1,6 @@
 """``flashsale``: serve the API, run the order writer, mint tokens, run a demo sale, F-codes,
-import and export bookings, reconcile Redis with PostgreSQL, see events PostgreSQL refused."""
+import and export bookings, reconcile Redis with PostgreSQL, see events PostgreSQL refused,
+relay order events to the shop and watch their delivery."""
 
 from __future__ import annotations
 
@@ -128,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     from flashsale.cli.deadletters import add_deadletters_parser
 
     add_deadletters_parser(sub)
+    from flashsale.cli.events import add_events_parser, add_relay_parser
+
+    add_relay_parser(sub)
+    add_events_parser(sub)
     return parser
 
 

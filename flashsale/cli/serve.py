@@ -4,11 +4,14 @@ process of its own.
 Every HTTP worker binds the same port with SO_REUSEPORT, so the kernel spreads connections over
 them and a bigger machine uses all its cores (``--workers N``, one a core). The order writer
 runs beside them in its own process, so carrying orders to PostgreSQL never takes CPU from the
-requests of a sale (several writers are safe: see store/writer.py). The parent only
-supervises: a process that dies is started again, and SIGTERM or SIGINT is passed on for a clean
-shutdown. Children stop by themselves if the parent is killed outright.
+requests of a sale (several writers are safe: see store/writer.py). When
+FLASHSALE_WEBHOOK_URLS is set, the order events relay (outbox/relay.py) runs in a process of
+its own too. The parent only supervises: a process that dies is started again, and SIGTERM
+or SIGINT is passed on for a clean shutdown. Children stop by themselves if the parent is
+killed outright.
 
-``--single-process`` runs everything (HTTP, writer, sweeper) in one process instead.
+``--single-process`` runs everything (HTTP, writer, sweeper) in one process instead; no relay
+(run ``flashsale relay`` beside it).
 """
 
 from __future__ import annotations
@@ -81,6 +84,21 @@ def _writer_process(settings: Settings, consumer: str, parent: int, verbose: boo
     loop.close()
 
 
+def _relay_process(settings: Settings, parent: int, verbose: bool) -> None:
+    from flashsale.cli.relay import run_relay
+    from flashsale.logs import setup_logging
+
+    _die_with_parent(parent)
+    setup_logging(verbose)
+    loop = new_event_loop()
+    main = loop.create_task(run_relay(settings))
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, main.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        loop.run_until_complete(main)
+    loop.close()
+
+
 def _die_with_parent(parent: int) -> None:
     """SIGTERM this child when the supervisor dies, even by SIGKILL: an orphaned worker would
     hold the port, and an orphaned writer would compete with the next one for nothing."""
@@ -94,7 +112,8 @@ def serve_supervised(
     settings: Settings, host: str, port: int, workers: int, verbose: bool = False
 ) -> int:
     """Run ``workers`` HTTP processes on one port, and the order writer (unless
-    FLASHSALE_RUN_WRITER is off) in a process of its own, until SIGTERM or SIGINT."""
+    FLASHSALE_RUN_WRITER is off) and the order events relay (when FLASHSALE_WEBHOOK_URLS is
+    set) in processes of their own, until SIGTERM or SIGINT."""
     # spawn, not fork: each child starts clean, with no loop or connection of the parent's.
     # The settings are resolved once here, so every child has the same secrets.
     context = multiprocessing.get_context("spawn")
@@ -110,6 +129,11 @@ def serve_supervised(
         starters.append(
             lambda: context.Process(target=_writer_process, name="flashsale-writer",
                                     args=(settings, consumer, parent, verbose))
+        )  # fmt: skip
+    if settings.webhook_urls:
+        starters.append(
+            lambda: context.Process(target=_relay_process, name="flashsale-relay",
+                                    args=(settings, parent, verbose))
         )  # fmt: skip
     stopping = False
 
@@ -128,8 +152,9 @@ def serve_supervised(
     running = [start(i) for i in range(len(starters))]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    log.info("serving on %s:%d with %d worker(s)%s", host, port, workers,
-             " and an order writer" if settings.run_writer else "")  # fmt: skip
+    log.info("serving on %s:%d with %d worker(s)%s%s", host, port, workers,
+             " and an order writer" if settings.run_writer else "",
+             " and an order events relay" if settings.webhook_urls else "")  # fmt: skip
     while not stopping:
         for i, process in enumerate(running):
             if not process.is_alive() and not stopping:

@@ -8,6 +8,7 @@ from flashsale.engine.connection import connect_redis
 from flashsale.engine.keys import Keyspace
 from flashsale.settings import Settings
 from flashsale.store.database import open_pool
+from flashsale.store.migrate import migration_parameters
 from flashsale.store.writer import OrderWriter
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,12 @@ log = logging.getLogger(__name__)
 
 async def run_writer(settings: Settings, consumer: str | None = None) -> None:
     redis = connect_redis(settings)
-    pool = await open_pool(settings.database_url, max_size=2, timeout_s=settings.pg_timeout_s)
+    pool = await open_pool(
+        settings.database_url,
+        max_size=2,
+        timeout_s=settings.pg_timeout_s,
+        parameters=migration_parameters(default_currency=settings.default_currency),
+    )
     writer = OrderWriter(
         redis,
         pool,

@@ -19,6 +19,7 @@ from flashsale.engine.sold_out import SoldOutGate
 from flashsale.engine.wire import Wire
 from flashsale.ids import new_order_id, sale_of_order
 from flashsale.models import (
+    DEFAULT_CURRENCY,
     DEFAULT_RATE_PER_ADDRESS,
     DEFAULT_RATE_PER_USER,
     Order,
@@ -36,12 +37,12 @@ _SALE_FIELDS = (
     "fcode_opens_ms", "fcode_available", "fcode_failures", "admission", "bk_opens_ms",
     "bk_closes_ms", "bk_required", "bk_capacity", "adm_ratio", "adm_window_s", "lottery_seed",
     "bookings", "adm_slots", "rl_user_rate", "rl_user_burst", "rl_addr_rate", "rl_addr_burst",
+    "currency", "paid_late",
 )  # fmt: skip
 
-_SETTLE_ERRORS: dict[str, type[errors.FlashsaleError]] = {
+_CANCEL_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "order_not_found": errors.OrderNotFound,
     "order_expired": errors.OrderExpired,
-    "order_cancelled": errors.OrderCancelled,
     "order_paid": errors.OrderPaid,
 }
 
@@ -116,15 +117,19 @@ class Engine:
         idempotency_ttl_s: int,
         fcode_limits: FcodeLimits | None = None,
         wire: Wire | None = None,
+        default_currency: str = DEFAULT_CURRENCY,
     ) -> None:
         self.redis = redis
-        # the calls of the hot path (buy, settle, book) share one pipeline per loop tick
+        # the calls of the hot path (buy, pay, cancel, book) share one pipeline per loop tick
         self.calls = Coalescer(redis, wire=wire)
         self.keys = keyspace
         self.scripts = Scripts()
         self.sold_out = SoldOutGate(sold_out_recheck_s)
         self._idempotency_ttl_s = idempotency_ttl_s
         self._fcode_limits = fcode_limits or FcodeLimits()
+        # the currency of a sale armed before sales had one
+        self.default_currency = default_currency
+        self._terms: dict[str, tuple[int, str]] = {}  # sale id -> (price_cents, currency)
 
     # -- sales ---------------------------------------------------------------------------------
 
@@ -150,6 +155,7 @@ class Engine:
             "rl_user_burst": sale.rate_per_user.burst,
             "rl_addr_rate": sale.rate_per_address.rate,
             "rl_addr_burst": sale.rate_per_address.burst,
+            "currency": sale.currency,
             **booking_fields(sale),
         }
         queued = sale.booking is not None and sale.booking.admission.queued
@@ -186,6 +192,7 @@ class Engine:
             booking=booking_policy(f),
             rate_per_user=_rate_limit(f, "user", DEFAULT_RATE_PER_USER),
             rate_per_address=_rate_limit(f, "addr", DEFAULT_RATE_PER_ADDRESS),
+            currency=f["currency"] or self.default_currency,
         )
         counters = SaleCounters(
             available=int(f["available"]),
@@ -195,10 +202,25 @@ class Engine:
             cancelled=int(f["cancelled"]),
             fcode_available=int(f["fcode_available"] or 0),
             fcode_failures=int(f["fcode_failures"] or 0),
+            paid_late=int(f["paid_late"] or 0),
             bookings=int(f["bookings"] or 0),
             admitted=min(int(f["adm_slots"] or 0), int(f["bookings"] or 0)),
         )
         return SaleView(definition=definition, state=SaleState(f["state"]), counters=counters)
+
+    async def sale_terms(self, sale_id: str) -> tuple[int, str]:
+        """The sale's price (cents) and currency. Neither ever changes, so each process reads
+        them once a sale."""
+        terms = self._terms.get(sale_id)
+        if terms is None:
+            price, currency = cast(
+                list[str | None],
+                await self.redis.hmget(self.keys.sale(sale_id).sale, ["price_cents", "currency"]),
+            )
+            if price is None:
+                raise errors.SaleNotFound()
+            terms = self._terms[sale_id] = (int(price), currency or self.default_currency)
+        return terms
 
     async def set_state(self, sale_id: str, state: SaleState) -> None:
         k = self.keys.sale(sale_id)
@@ -265,10 +287,12 @@ class Engine:
             )  # fmt: skip
         if word in ("ok", "replay"):
             _, oid, qty, created_ms, expires_ms, campaign = result
+            price, currency = self._terms.get(sale_id) or await self.sale_terms(sale_id)
             order = Order(
                 order_id=oid, sale_id=sale_id, user_id=user_id, quantity=int(qty),
                 status=OrderStatus.RESERVED, created_ms=int(created_ms),
                 expires_ms=int(expires_ms), updated_ms=int(created_ms), campaign=str(campaign),
+                amount_cents=price * int(qty), currency=currency,
             )  # fmt: skip
             if word == "ok":
                 return BuyOutcome(order=order, replayed=False)
@@ -287,7 +311,8 @@ class Engine:
         )
         if fields.get("user") != order.user_id:  # not there (any more): the first answer stands
             return order
-        return _order_from_fields(order.order_id, order.sale_id, order.user_id, fields)
+        terms = await self.sale_terms(order.sale_id)
+        return _order_from_fields(order.order_id, order.sale_id, order.user_id, fields, terms)
 
     def _buy_error(
         self, sale_id: str, result: list[str | int], *, public: bool
@@ -316,13 +341,13 @@ class Engine:
             return errors.RateLimited(retry_after_s=retry_after_s(int(result[1])))
         return _BUY_ERRORS[str(word)]()
 
-    async def settle(self, order_id: str, user_id: str, action: str) -> Order:
-        """Pay (``action="pay"``) or cancel (``"cancel"``) an order of ``user_id``."""
+    async def cancel(self, order_id: str, user_id: str) -> Order:
+        """Cancel a reserved order of ``user_id``: its units return to the sale at once."""
         sale_id = sale_of_order(order_id)
         if sale_id is None:
             raise errors.OrderNotFound()
         k = self.keys.sale(sale_id)
-        result = await self.scripts.settle(
+        result = await self.scripts.cancel(
             self.calls,
             [
                 k.sale,
@@ -334,7 +359,7 @@ class Engine:
                 k.queue_holders,
                 k.queue_bits,
             ],
-            [order_id, user_id, action],
+            [order_id, user_id],
         )
         word = result[0]
         if word == "order_not_found":
@@ -344,11 +369,13 @@ class Engine:
             # units came back to the sale through this process: sell them again at once
             self.sold_out.clear(sale_id)
         if word != "ok":
-            raise _SETTLE_ERRORS[str(word)]()
+            raise _CANCEL_ERRORS[str(word)]()
+        price, currency = await self.sale_terms(sale_id)
         return Order(
             order_id=order_id, sale_id=sale_id, user_id=user_id, quantity=int(qty),
             status=OrderStatus(status), created_ms=int(created_ms), expires_ms=int(expires_ms),
             updated_ms=int(updated_ms), campaign=str(campaign),
+            amount_cents=price * int(qty), currency=currency,
         )  # fmt: skip
 
     async def release_unconfirmed(self, order: Order, idempotency_key: str | None) -> None:
@@ -358,7 +385,7 @@ class Engine:
         stream), and its Idempotency-Key forgotten so that a retry is a fresh attempt.
         """
         with contextlib.suppress(errors.FlashsaleError):  # expired meanwhile: units went back
-            await self.settle(order.order_id, order.user_id, "cancel")
+            await self.cancel(order.order_id, order.user_id)
         if idempotency_key is not None:
             await self.redis.delete(
                 self.keys.sale(order.sale_id).idempotency(order.user_id, idempotency_key)
@@ -372,7 +399,7 @@ class Engine:
         o = cast(dict[str, str], await self.redis.hgetall(self.keys.sale(sale_id).order(order_id)))
         if not o or o.get("user") != user_id:
             raise errors.OrderNotFound()
-        return _order_from_fields(order_id, sale_id, user_id, o)
+        return _order_from_fields(order_id, sale_id, user_id, o, await self.sale_terms(sale_id))
 
     # -- expiry ----------------------------------------------------------------------------------
 
@@ -404,13 +431,16 @@ class Engine:
         return len(due), int(expired)
 
 
-def _order_from_fields(order_id: str, sale_id: str, user_id: str, o: dict[str, str]) -> Order:
-    """An order from its Redis hash."""
+def _order_from_fields(
+    order_id: str, sale_id: str, user_id: str, o: dict[str, str], terms: tuple[int, str]
+) -> Order:
+    """An order from its Redis hash; ``terms`` are its sale's price and currency."""
+    price, currency = terms
     return Order(
         order_id=order_id, sale_id=sale_id, user_id=user_id, quantity=int(o["qty"]),
         status=OrderStatus(o["status"]), created_ms=int(o["created_ms"]),
         expires_ms=int(o["expires_ms"]), updated_ms=int(o["updated_ms"]),
-        campaign=o.get("campaign", ""),
+        campaign=o.get("campaign", ""), amount_cents=price * int(o["qty"]), currency=currency,
     )  # fmt: skip
 
 

@@ -39,6 +39,12 @@ key                                          type    contents and lifetime
                                                      through the booking queue; kept
 ``<p>:{<sale>}:qbits``                       string  bitmap by queue rank: 1 while that shopper
                                                      holds units bought through the queue; kept
+``<p>:{<sale>}:pay:<payment_id>``            string  a payment notified for an order of the
+                                                     sale and its outcome (JSON), so a payment is
+                                                     decided once however often it is sent; kept
+``<p>:{<sale>}:whk:<webhook_id>``            string  the same record under the notification's
+                                                     webhook-id (a redelivery is answered as the
+                                                     first time); ``idempotency_ttl_s``
 ==========================================  ======  ============================================
 """
 
@@ -101,6 +107,12 @@ class SaleKeys:
 
     def booking_bucket(self, bucket: int) -> str:
         return f"{self._base}:bk:{bucket}"
+
+    def payment(self, payment_id: str) -> str:
+        return f"{self._base}:pay:{payment_id}"
+
+    def webhook(self, webhook_id: str) -> str:
+        return f"{self._base}:whk:{webhook_id}"
 
 
 @dataclass(frozen=True, slots=True)

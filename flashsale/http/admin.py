@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import re
 from dataclasses import replace
 
 from aiohttp import web
@@ -24,6 +26,7 @@ from flashsale.http.validation import (
 )
 from flashsale.ids import SALE_ID_RE, new_sale_id
 from flashsale.models import (
+    DEFAULT_CURRENCY,
     DEFAULT_RATE_PER_ADDRESS,
     DEFAULT_RATE_PER_USER,
     Admission,
@@ -51,8 +54,10 @@ _RATE_FIELDS = frozenset({
 
 _SALE_FIELDS = frozenset({
     "sale_id", "sku", "name", "price_cents", "stock", "per_user_limit", "starts_at", "ends_at",
-    "reservation_ttl_s", "fcode_stock", "fcode_opens_at", *_BOOKING_FIELDS, *_RATE_FIELDS,
+    "reservation_ttl_s", "fcode_stock", "fcode_opens_at", "currency", *_BOOKING_FIELDS,
+    *_RATE_FIELDS,
 })  # fmt: skip
+_CURRENCY = re.compile(r"\A[A-Z]{3}\Z")
 
 
 def admin_services(request: web.Request) -> Services:
@@ -62,7 +67,9 @@ def admin_services(request: web.Request) -> Services:
     return services
 
 
-def parse_sale(body: dict[str, object]) -> SaleDefinition:
+def parse_sale(
+    body: dict[str, object], *, default_currency: str = DEFAULT_CURRENCY
+) -> SaleDefinition:
     reject_unknown(body, _SALE_FIELDS)
     raw_id = body.get("sale_id")
     if raw_id is None:
@@ -101,18 +108,45 @@ def parse_sale(body: dict[str, object]) -> SaleDefinition:
         booking=_parse_booking(body, starts_ms, ends_ms),
         rate_per_user=_parse_rate(body, "user", DEFAULT_RATE_PER_USER),
         rate_per_address=_parse_rate(body, "address", DEFAULT_RATE_PER_ADDRESS),
+        currency=_parse_currency(body, default_currency),
     )
+
+
+def _parse_currency(body: dict[str, object], default: str) -> str:
+    value = body.get("currency", default)
+    if not isinstance(value, str) or not _CURRENCY.match(value):
+        raise errors.InvalidRequest(
+            "'currency' must be an ISO 4217 code: three upper-case letters, e.g. USD"
+        )
+    return value
+
+
+# The GCRA of buy.lua and book.lua lets one request through every 1e6 / rate µs and up to
+# ``burst`` of them ahead of time, so a limiter's stored arrival time runs up to
+# burst x 1e6 / rate µs past now, and its key expires that long after. These bounds keep that
+# at most 10^14 µs (about 3 years): far below 2^53, where Lua's doubles stop counting
+# microseconds exactly (now is about 1.8 x 10^15 µs), and a valid PX. A rate near 0 made it
+# 10^21 µs, which Redis refuses as an expiry: every buy and booking of the sale failed.
+RATE_MIN, RATE_MAX = 0.01, 1_000_000  # one request every 100 s .. one every µs
+BURST_MAX = 1_000_000
 
 
 def _parse_rate(body: dict[str, object], who: str, default: RateLimit) -> RateLimit:
     """``rate_per_<who>`` requests a second (0: no limit) and ``burst_per_<who>`` at once."""
-    rate = number(body, f"rate_per_{who}", default=default.rate, minimum=0, maximum=1_000_000)
+    rate_name, burst_name = f"rate_per_{who}", f"burst_per_{who}"
+    rate = number(body, rate_name, default=default.rate, minimum=-math.inf, maximum=math.inf)
+    if rate != 0 and not RATE_MIN <= rate <= RATE_MAX:
+        raise errors.InvalidRequest(
+            f"'{rate_name}' must be 0 (no limit) or from {RATE_MIN:g} to {RATE_MAX} "
+            "requests a second"
+        )
     if rate == 0:
-        if body.get(f"burst_per_{who}", 0) != 0:
-            raise errors.InvalidRequest(f"'burst_per_{who}' needs a 'rate_per_{who}' above 0")
+        burst = body.get(burst_name, 0)
+        if not isinstance(burst, int) or isinstance(burst, bool) or burst != 0:
+            raise errors.InvalidRequest(f"'{burst_name}' needs a '{rate_name}' above 0")
         return RateLimit(0.0, 0)
-    burst = integer(body, f"burst_per_{who}", default=max(1, default.burst), minimum=1,
-                    maximum=1_000_000)  # fmt: skip
+    burst = integer(body, burst_name, default=max(1, default.burst), minimum=1,
+                    maximum=BURST_MAX)  # fmt: skip
     return RateLimit(rate, burst)
 
 
@@ -181,7 +215,7 @@ async def create_sale(request: web.Request) -> web.Response:
     body = await read_json_object(
         request, services.settings.admin_max_body_bytes, services.settings.body_timeout_s
     )
-    requested = parse_sale(body)
+    requested = parse_sale(body, default_currency=services.settings.default_currency)
     sale = with_lottery_seed(requested, None)
     # PostgreSQL holds the definition; Redis is armed from it. A create interrupted between the
     # two is completed by repeating it: same definition, not yet armed -> armed now.
@@ -245,6 +279,7 @@ async def sale_stats(request: web.Request) -> web.Response:
             "available": c.available,
             "reserved": c.reserved,
             "paid": c.paid,
+            "paid_late": c.paid_late,
             "expired": c.expired,
             "cancelled": c.cancelled,
             "orders_in_postgres": in_postgres,

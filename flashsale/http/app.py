@@ -58,6 +58,9 @@ def create_app(settings: Settings) -> web.Application:
 
 def _services_ctx(settings: Settings) -> Any:
     async def ctx(app: web.Application) -> AsyncIterator[None]:
+        if not settings.payment_secrets:
+            log.warning("FLASHSALE_PAYMENT_SECRET is not set: payment notifications are "
+                        "refused (503), so no order can be paid")  # fmt: skip
         redis = connect_redis(settings)
         wire = None
         if settings.redis_client == "lean":
@@ -87,6 +90,7 @@ def _services_ctx(settings: Settings) -> Any:
                 window_s=settings.fcode_failure_window_s,
             ),
             wire=wire,
+            default_currency=settings.default_currency,
         )
         committer = GroupCommitter(pool) if settings.confirm_mode is ConfirmMode.POSTGRES else None
         app[SERVICES] = Services(

@@ -31,6 +31,8 @@ ORDER = {
         "sale_id": {"type": "string"},
         "user_id": {"type": "string"},
         "quantity": {"type": "integer", "minimum": 1},
+        "amount_cents": {"type": "integer", "minimum": 0},
+        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
         "status": {"enum": ["reserved", "paid", "expired", "cancelled"]},
         "created_at": _TIME,
         "expires_at": _TIME,
@@ -44,6 +46,7 @@ SALE = {
     "required": ["sale_id", "stock", "available", "status", "starts_at", "ends_at"],
     "properties": {
         "sale_id": {"type": "string"},
+        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
         "stock": {"type": "integer"},
         "available": {"type": "integer"},
         "status": {"enum": ["scheduled", "open", "paused", "sold_out", "ended"]},
@@ -52,11 +55,14 @@ SALE = {
     },
 }
 
+# requests a second: 0 (off) or 0.01 to 1,000,000 (see admin.py's _parse_rate for why)
+_RATE = {"type": "number", "minimum": 0, "maximum": 1_000_000}
+_BURST = {"type": "integer", "minimum": 0, "maximum": 1_000_000}
 RATE_FIELDS = {
-    "rate_per_user": {"type": "number", "minimum": 0},
-    "burst_per_user": {"type": "integer", "minimum": 1},
-    "rate_per_address": {"type": "number", "minimum": 0},
-    "burst_per_address": {"type": "integer", "minimum": 1},
+    "rate_per_user": _RATE,
+    "burst_per_user": _BURST,
+    "rate_per_address": _RATE,
+    "burst_per_address": _BURST,
 }
 
 SALE_CREATE = {
@@ -67,7 +73,8 @@ SALE_CREATE = {
         "sale_id": {"type": "string", "pattern": "^[a-z0-9](?:[a-z0-9-]{0,62}[a-z0-9])?$"},
         "sku": {"type": "string", "minLength": 1, "maxLength": 64},
         "name": {"type": "string", "minLength": 1, "maxLength": 200},
-        "price_cents": {"type": "integer", "minimum": 0},
+        "price_cents": {"type": "integer", "minimum": 0, "maximum": 10**12},
+        "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
         "stock": {"type": "integer", "minimum": 1, "maximum": 100_000_000},
         "per_user_limit": {"type": "integer", "minimum": 1, "maximum": 1000},
         "starts_at": _TIME,
@@ -78,11 +85,11 @@ SALE_CREATE = {
         "booking_opens_at": _TIME,
         "booking_closes_at": _TIME,
         "booking_required": {"type": "boolean"},
-        "booking_capacity": {"type": "integer", "minimum": 1},
+        "booking_capacity": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
         "admission": {"enum": ["arrival", "booking_order", "lottery"]},
-        "admission_ratio": {"type": "number"},
-        "admission_window_s": {"type": "integer", "minimum": 1},
-        "lottery_seed": {"type": "string"},
+        "admission_ratio": {"type": "number", "minimum": 0.01, "maximum": 1000},
+        "admission_window_s": {"type": "integer", "minimum": 1, "maximum": 86_400},
+        "lottery_seed": {"type": "string", "minLength": 1, "maxLength": 128},
         **RATE_FIELDS,
     },
 }
@@ -97,6 +104,105 @@ BUY = {
 }
 
 EMPTY = {"type": "object", "additionalProperties": False, "properties": {}}
+
+_VISIBLE_ID = {"type": "string", "pattern": "^[!-~]{1,255}$"}
+
+PAYMENT_EVENT = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "data"],
+    "properties": {
+        "type": {"const": "payment.succeeded"},
+        "timestamp": {"type": "string"},
+        "data": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["order_id", "payment_id", "amount_cents", "currency"],
+            "properties": {
+                "order_id": _VISIBLE_ID,
+                "payment_id": _VISIBLE_ID,
+                "amount_cents": {"type": "integer", "minimum": 0, "maximum": 2**53 - 1},
+                "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
+            },
+        },
+    },
+}
+
+PAYMENT = {
+    "type": "object",
+    "required": ["payment_id", "order_id", "outcome", "reason", "late", "amount_cents",
+                 "currency", "received_at", "decided_at"],
+    "properties": {
+        "payment_id": {"type": "string"},
+        "order_id": {"type": "string"},
+        "outcome": {"enum": ["paid", "refund_required"]},
+        "reason": {
+            "enum": [None, "amount_mismatch", "currency_mismatch", "order_not_found",
+                     "order_cancelled", "already_paid", "reservation_expired"],
+        },
+        "late": {"type": "boolean"},
+        "amount_cents": {"type": "integer"},
+        "currency": {"type": "string"},
+        "received_at": _TIME,
+        "decided_at": _TIME,
+    },
+}  # fmt: skip
+
+# Standard Webhooks: the payment service signs each notification (see README, Payments)
+WEBHOOK_HEADERS = [
+    {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+    for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
+]
+
+# An order event, as webhooks carry it (with its webhook-id as "id"); data grows fields
+EVENT = {
+    "type": "object",
+    "required": ["id", "type", "timestamp", "data"],
+    "properties": {
+        "id": {"type": "string"},
+        "type": {
+            "enum": [
+                "order.reserved", "order.paid", "order.cancelled", "order.expired",
+                "payment.refund_required",
+            ]
+        },
+        "timestamp": _TIME,
+        "data": {
+            "type": "object",
+            "required": ["order_id", "sequence"],
+            "properties": {
+                "order_id": {"type": "string"},
+                "sale_id": {"type": ["string", "null"]},
+                "user_id": {"type": ["string", "null"]},
+                "sequence": {"type": ["integer", "null"]},
+                "status": {"type": ["string", "null"]},
+                "quantity": {"type": ["integer", "null"]},
+                "amount_cents": {"type": ["integer", "null"]},
+                "currency": {"type": ["string", "null"]},
+                "created_at": {"type": ["string", "null"]},
+                "expires_at": {"type": ["string", "null"]},
+                "payment_id": {"type": "string"},
+                "reason": {"type": "string"},
+            },
+        },
+    },
+}  # fmt: skip
+
+EVENTS_QUERY = [
+    {
+        "name": "after",
+        "in": "query",
+        "required": False,
+        "description": "the next_cursor of the previous page; left out: from the first event",
+        "schema": {"type": "string", "maxLength": 64},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+]
 
 FCODES = {
     "type": "object",
@@ -214,7 +320,24 @@ def openapi_spec() -> dict[str, Any]:
                 "get": _op("One of the caller's orders", {"200": order}, params=ORDER_PATH),
             },
             "/v1/orders/{order_id}/pay": {
-                "post": _op("Pay a reserved order", {"200": order}, body=EMPTY, params=ORDER_PATH),
+                "post": {
+                    **_op(
+                        "Retired (410 gone): the payment service notifies payments",
+                        {"410": _answer("gone", ERROR)},
+                        body=EMPTY,
+                        params=ORDER_PATH,
+                    ),
+                    "deprecated": True,
+                },
+            },
+            "/v1/payments/events": {
+                "post": _op(
+                    "A payment notification from the payment service (Standard Webhooks)",
+                    {"200": _answer("the payment's outcome", _wrapped("payment", PAYMENT))},
+                    body=PAYMENT_EVENT,
+                    security=None,
+                    params=WEBHOOK_HEADERS,
+                ),
             },
             "/v1/orders/{order_id}/cancel": {
                 "post": _op(
@@ -242,6 +365,26 @@ def openapi_spec() -> dict[str, Any]:
                     {"200": _answer("the numbers", _wrapped("stats", _OBJECT))},
                     security="admin",
                     params=SALE_PATH,
+                ),
+            },
+            "/v1/admin/events": {
+                "get": _op(
+                    "Order events after a cursor, in commit order (the webhooks' events, pulled)",
+                    {
+                        "200": _answer(
+                            "a page of events and the cursor to ask for the next",
+                            {
+                                "type": "object",
+                                "required": ["events", "next_cursor"],
+                                "properties": {
+                                    "events": {"type": "array", "items": EVENT},
+                                    "next_cursor": {"type": "string"},
+                                },
+                            },
+                        )
+                    },
+                    security="admin",
+                    params=EVENTS_QUERY,
                 ),
             },
             "/v1/admin/sales/{sale_id}/fcodes": {

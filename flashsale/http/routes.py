@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from flashsale.http import admin, admin_fcodes, bookings, health, openapi, shop
+from flashsale.http import (
+    admin,
+    admin_events,
+    admin_fcodes,
+    bookings,
+    health,
+    openapi,
+    payments,
+    shop,
+)
 
 
 def setup_routes(app: web.Application) -> None:
@@ -18,9 +27,11 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/orders/{order_id}", shop.get_order)
     app.router.add_post("/v1/orders/{order_id}/pay", shop.pay)
     app.router.add_post("/v1/orders/{order_id}/cancel", shop.cancel)
+    app.router.add_post("/v1/payments/events", payments.payment_event)
     app.router.add_post("/v1/admin/sales", admin.create_sale)
     app.router.add_post("/v1/admin/sales/{sale_id}/pause", admin.pause_sale)
     app.router.add_post("/v1/admin/sales/{sale_id}/resume", admin.resume_sale)
     app.router.add_post("/v1/admin/sales/{sale_id}/close", admin.close_sale)
     app.router.add_get("/v1/admin/sales/{sale_id}/stats", admin.sale_stats)
     app.router.add_post("/v1/admin/sales/{sale_id}/fcodes", admin_fcodes.issue_fcodes)
+    app.router.add_get("/v1/admin/events", admin_events.list_events)

@@ -142,19 +142,20 @@ async def get_order(request: web.Request) -> web.Response:
 
 
 async def pay(request: web.Request) -> web.Response:
-    return await _settle(request, "pay")
+    """Retired: a shopper cannot mark their own order paid. The payment service tells us."""
+    raise errors.Gone(
+        "shoppers no longer mark orders paid: the shop hands the order (its amount_cents and "
+        "currency) to the payment service, whose notification to POST /v1/payments/events "
+        "marks it paid; read the order to see it"
+    )
 
 
 async def cancel(request: web.Request) -> web.Response:
-    return await _settle(request, "cancel")
-
-
-async def _settle(request: web.Request, action: str) -> web.Response:
     services = request.app[SERVICES]
     user_id = services.shoppers.user_id(request.headers.get("Authorization"))
     body = await read_json_object(
         request, services.settings.max_body_bytes, services.settings.body_timeout_s
     )
     reject_unknown(body, frozenset())
-    order = await services.engine.settle(request.match_info["order_id"], user_id, action)
+    order = await services.engine.cancel(request.match_info["order_id"], user_id)
     return json_response({"order": order.to_json()})

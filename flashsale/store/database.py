@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -37,14 +38,20 @@ async def ensure_database(url: str) -> None:
 
 
 async def open_pool(
-    url: str, *, min_size: int = 1, max_size: int = 8, timeout_s: float | None = None
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 8,
+    timeout_s: float | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> asyncpg.Pool:
     """The database exists and its schema is migrated to the newest this flashsale ships when
     this returns (see store/migrate.py). Raises ``SchemaTooNew`` when a newer flashsale has
     migrated it further: this one must not run against it. With ``timeout_s`` a query
-    unanswered that long fails (a connection that went silent is not waited on for ever)."""
+    unanswered that long fails (a connection that went silent is not waited on for ever).
+    ``parameters`` are the migrations' session parameters (``migration_parameters``)."""
     await ensure_database(url)
-    await migrate_database(url)
+    await migrate_database(url, parameters=parameters)
     return await asyncpg.create_pool(
         url, min_size=min_size, max_size=max_size, command_timeout=timeout_s
     )

@@ -26,7 +26,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from importlib import resources
@@ -46,6 +46,8 @@ SCHEMA_LOCK_ID = 0x666C617368  # "flash"
 NO_TRANSACTION_MARKER = "-- flashsale:no-transaction"
 
 _FILE_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+# Session parameters a migration may read with current_setting(name, true): custom ones only
+_PARAMETER_NAME = re.compile(r"^flashsale\.[a-z_]+$")
 _LOCK_POLL_MIN_S = 0.02
 _LOCK_POLL_MAX_S = 0.5
 
@@ -244,10 +246,14 @@ async def migrate(
     *,
     strict: bool = False,
     on_applied: OnApplied | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> list[Migration]:
     """Apply the pending migrations, in order, holding the schema lock throughout (when nothing
-    is pending, only a look without the lock); return what was applied. Raises ``SchemaTooNew``
-    before changing anything when the database is ahead of this flashsale. A shipped migration
+    is pending, only a look without the lock); return what was applied. ``parameters``
+    (``flashsale.<name>`` to value, see ``migration_parameters``) are set in the session
+    before each migration, for the SQL to read with ``current_setting(name, true)``. Raises
+    ``SchemaTooNew`` before changing anything when the database is ahead of this flashsale.
+    A shipped migration
     that differs from what was applied is an error (``MigrationChanged``) when ``strict``,
     otherwise a logged warning. ``conn`` must not be in a transaction, and its session settings
     are its own (give it a connection of its own)."""
@@ -265,6 +271,7 @@ async def migrate(
         for migration in status.pending:
             started = time.monotonic()
             try:
+                await _set_parameters(conn, parameters or {})
                 if migration.transactional:
                     async with conn.transaction():
                         await conn.execute(migration.sql)
@@ -304,14 +311,32 @@ async def migrate_database(
     *,
     strict: bool = False,
     on_applied: OnApplied | None = None,
+    parameters: Mapping[str, str] | None = None,
 ) -> list[Migration]:
     """``migrate`` on a connection of its own to ``url`` (no statement timeout: an index build
     on a big table takes what it takes). The database must exist."""
     conn = await asyncpg.connect(url)
     try:
-        return await migrate(conn, migrations, strict=strict, on_applied=on_applied)
+        return await migrate(
+            conn, migrations, strict=strict, on_applied=on_applied, parameters=parameters
+        )
     finally:
         await conn.close()
+
+
+def migration_parameters(*, default_currency: str) -> dict[str, str]:
+    """The session parameters the shipped migrations read, from the deployment's settings:
+    ``flashsale.default_currency`` (0004 gives it to the sales made before currencies)."""
+    return {"flashsale.default_currency": default_currency}
+
+
+async def _set_parameters(conn: asyncpg.Connection, parameters: Mapping[str, str]) -> None:
+    # set for the session, not the transaction, and again before each migration: a
+    # no-transaction migration ends with RESET ALL
+    for name, value in parameters.items():
+        if not _PARAMETER_NAME.match(name):
+            raise ValueError(f"migration parameter {name!r}: expected flashsale.<lowercase_name>")
+        await conn.execute("SELECT set_config($1, $2, false)", name, value)
 
 
 async def _record(conn: asyncpg.Connection, migration: Migration) -> None:

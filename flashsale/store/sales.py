@@ -20,7 +20,7 @@ _COLUMNS = (
     "sale_id, sku, name, price_cents, stock, per_user_limit, starts_at, ends_at, "
     "reservation_ttl_s, state, fcode_stock, fcode_opens_at, booking_opens_at, booking_closes_at, "
     "booking_required, booking_capacity, admission, admission_ratio, admission_window_s, "
-    "lottery_seed, rate_per_user, burst_per_user, rate_per_address, burst_per_address"
+    "lottery_seed, rate_per_user, burst_per_user, rate_per_address, burst_per_address, currency"
 )
 
 
@@ -29,7 +29,7 @@ async def insert_sale(conn: asyncpg.Connection | asyncpg.Pool, sale: SaleDefinit
     row = await conn.fetchrow(
         f"INSERT INTO sales ({_COLUMNS}) "
         "VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'active', $10, $11, $12, $13, $14, $15, "
-        "$16, $17, $18, $19, $20, $21, $22, $23) "
+        "$16, $17, $18, $19, $20, $21, $22, $23, $24) "
         "ON CONFLICT (sale_id) DO NOTHING RETURNING sale_id",
         sale.sale_id, sale.sku, sale.name, sale.price_cents, sale.stock, sale.per_user_limit,
         ms_to_datetime(sale.starts_ms), ms_to_datetime(sale.ends_ms), sale.reservation_ttl_s,
@@ -37,7 +37,7 @@ async def insert_sale(conn: asyncpg.Connection | asyncpg.Pool, sale: SaleDefinit
         None if sale.fcode_opens_ms is None else ms_to_datetime(sale.fcode_opens_ms),
         *_booking_columns(sale.booking),
         sale.rate_per_user.rate, sale.rate_per_user.burst,
-        sale.rate_per_address.rate, sale.rate_per_address.burst,
+        sale.rate_per_address.rate, sale.rate_per_address.burst, sale.currency,
     )  # fmt: skip
     return row is not None
 
@@ -58,6 +58,7 @@ async def fetch_sale(
         booking=_booking_policy(row),
         rate_per_user=RateLimit(row["rate_per_user"], row["burst_per_user"]),
         rate_per_address=RateLimit(row["rate_per_address"], row["burst_per_address"]),
+        currency=row["currency"],
     )  # fmt: skip
     return definition, SaleState(row["state"])
 

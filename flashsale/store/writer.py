@@ -6,6 +6,10 @@ makes the batch be written again, which the versioned upsert turns into a no-op.
 pending by a writer that died are claimed by another after ``reclaim_idle_ms``; a restarted
 writer first re-reads its own pending entries.
 
+A batch is one transaction: the orders, the bookings and the outbox rows of its order changes
+(flashsale/outbox/events.py: one per event of the batch, not only each order's newest state)
+commit together or not at all.
+
 An event PostgreSQL refuses for good (a value it cannot store) is set aside as a dead letter
 (store/dead_letters.py) instead of being retried for ever: one bad event never holds up the
 others.
@@ -28,6 +32,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from flashsale.engine.keys import WRITER_GROUP, Keyspace
 from flashsale.failpoints import failpoint
+from flashsale.outbox.events import record_events
+from flashsale.payments.store import PaymentRow, insert_payments
 from flashsale.store import dead_letters
 from flashsale.store.bookings import BookingRow, insert_bookings
 from flashsale.store.orders import OrderRow, upsert_orders
@@ -42,7 +48,7 @@ class _Event:
     stream: str
     entry_id: str
     fields: dict[str, str]
-    row: OrderRow | BookingRow
+    row: OrderRow | BookingRow | PaymentRow
 
 
 class OrderWriter:
@@ -212,14 +218,20 @@ class OrderWriter:
         self.written += written
         return written
 
-    def _row(self, stream: str, fields: dict[str, str]) -> OrderRow | BookingRow:
+    def _row(self, stream: str, fields: dict[str, str]) -> OrderRow | BookingRow | PaymentRow:
         if fields.get("kind") == "booking":
             return BookingRow.from_event(self._sale_of_stream(stream), fields)
+        if fields.get("kind") == "payment":
+            return PaymentRow.from_event(self._sale_of_stream(stream), fields)
         return OrderRow.from_event(fields)
 
-    async def _write(self, rows: list[OrderRow | BookingRow]) -> None:
-        await upsert_orders(self.pool, [r for r in rows if isinstance(r, OrderRow)])
-        await insert_bookings(self.pool, [r for r in rows if isinstance(r, BookingRow)])
+    async def _write(self, rows: list[OrderRow | BookingRow | PaymentRow]) -> None:
+        order_rows = [r for r in rows if isinstance(r, OrderRow)]
+        async with self.pool.acquire() as conn, conn.transaction():
+            await upsert_orders(conn, order_rows)
+            await insert_bookings(conn, [r for r in rows if isinstance(r, BookingRow)])
+            await record_events(conn, rows)
+            await insert_payments(conn, [r for r in rows if isinstance(r, PaymentRow)])
 
     async def _set_aside(self, refused: list[tuple[str, str, dict[str, str], str]]) -> None:
         by_stream: dict[str, list[tuple[str, dict[str, str], str]]] = defaultdict(list)

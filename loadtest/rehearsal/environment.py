@@ -1,6 +1,7 @@
 """Which servers the rehearsal uses, from the usual ``FLASHSALE_*`` variables, and what it made
 for itself (and so removes afterwards): a key prefix and a database when none were named,
-secrets when it starts the service itself."""
+secrets when it starts the service itself (the payment service's signing secret included: the
+crowd plays the payment service too)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import secrets
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from flashsale.webhooks.signing import new_secret
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_PG_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -29,6 +32,11 @@ class Environment:
     @property
     def token_secret(self) -> str:
         return self.env["FLASHSALE_TOKEN_SECRET"]
+
+    @property
+    def payment_secret(self) -> str:
+        """The secret the crowd signs payment notifications with (the first one listed)."""
+        return self.env["FLASHSALE_PAYMENT_SECRET"].split(",")[0].strip()
 
     @property
     def database_name(self) -> str:
@@ -58,6 +66,13 @@ def resolve(external_service: bool) -> Environment:
             if external_service:
                 raise ConfigError(f"{name} must be set to the running service's value (--service)")
             env[name] = secrets.token_urlsafe(48)
+    if not env.get("FLASHSALE_PAYMENT_SECRET"):
+        if external_service:
+            raise ConfigError(
+                "FLASHSALE_PAYMENT_SECRET must be set to the running service's value (--service):"
+                " the crowd's winners pay through signed payment notifications"
+            )
+        env["FLASHSALE_PAYMENT_SECRET"] = new_secret()
     if external_service and (own_database or own_prefix):
         raise ConfigError(
             "with --service, set FLASHSALE_DATABASE_URL and FLASHSALE_KEY_PREFIX to the "

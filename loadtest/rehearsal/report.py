@@ -84,7 +84,13 @@ def postgres_lag(records: Records, sellout_at: float | None, verdict: Verdict) -
     every order (from the watcher's samples; else from the verdict's own wait)."""
     samples = [s for s in records.samples if "pg_orders" in s]
     lags = [
-        s["reserved"] + s["paid"] + s["expired"] + s["cancelled"] - s["pg_orders"] for s in samples
+        s["reserved"]
+        + s["paid"]
+        + s["expired"]
+        - s.get("paid_late", 0)
+        + s["cancelled"]
+        - s["pg_orders"]
+        for s in samples
     ]
     caught = None
     if sellout_at is not None:

@@ -34,8 +34,15 @@ class Verdict:
 
 
 def _redis_orders(units: dict[str, Any]) -> int:
-    # every order is one unit (the crowd buys one at a time), whatever became of it
-    return int(units["reserved"] + units["paid"] + units["expired"] + units["cancelled"])
+    # every order is one unit (the crowd buys one at a time), whatever became of it; an order
+    # paid after its expiry counts among the expired units too (paid_late of them)
+    return int(
+        units["reserved"]
+        + units["paid"]
+        + units["expired"]
+        + units["cancelled"]
+        - units.get("paid_late", 0)
+    )
 
 
 def _pg_agrees(units: dict[str, Any]) -> bool:

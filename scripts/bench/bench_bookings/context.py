@@ -21,6 +21,7 @@ from flashsale.models import Admission, BookingPolicy, SaleDefinition
 from flashsale.settings import Settings
 from flashsale.store import sales
 from flashsale.store.database import open_pool
+from flashsale.store.migrate import migration_parameters
 
 from .measure import CpuMeter, pin_threads
 from .servers import Processes
@@ -98,7 +99,12 @@ class Bench:
         self.pg_pids: list[int] = []
 
     async def open(self) -> None:
-        self._pool = await open_pool(self.settings.database_url, min_size=2, max_size=2)
+        self._pool = await open_pool(
+            self.settings.database_url,
+            min_size=2,
+            max_size=2,
+            parameters=migration_parameters(default_currency=self.settings.default_currency),
+        )
         self.pg_pids = [
             r["pid"]
             for r in await self._pool.fetch(

@@ -1,0 +1,33 @@
+"""``flashsale relay``: the order events relay as a process of its own (see outbox/relay.py).
+
+``serve`` starts one beside its workers when FLASHSALE_WEBHOOK_URLS is set; more, on this host
+or others, share the work safely.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from flashsale.outbox.relay import Relay, RelayConfig
+from flashsale.settings import Settings
+from flashsale.store.database import open_pool
+from flashsale.store.migrate import migration_parameters
+
+log = logging.getLogger(__name__)
+
+
+async def run_relay(settings: Settings) -> None:
+    config = RelayConfig.from_settings(settings)
+    # one connection per receiver holds its batch's claims while sending; one more to take in
+    pool = await open_pool(
+        settings.database_url,
+        max_size=len(config.urls) + 1,
+        timeout_s=settings.pg_timeout_s,
+        parameters=migration_parameters(default_currency=settings.default_currency),
+    )
+    log.info("order events relay started for %d receiver(s): %s", len(config.urls),
+             ", ".join(config.urls))  # fmt: skip
+    try:
+        await Relay(pool, config).run()
+    finally:
+        await pool.close()

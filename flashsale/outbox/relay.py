@@ -1,0 +1,314 @@
+"""The relay: delivers the outbox's events to each webhook receiver, at least once, in order per
+order, signed the Standard Webhooks way.
+
+For each receiver the relay loops: take the newly committed outbox rows as pending deliveries
+(receivers.intake), claim a batch, POST them, record the answers. The claim is per order, not
+per row: a relay picks orders whose earliest pending event for that receiver is due, takes a
+session-level advisory lock on each (receiver, order) it can (``pg_try_advisory_lock``: one
+held by another relay is skipped), reads those orders' earliest pending events again under
+the locks, sends them, records the answers in a short transaction and only then lets go of
+the locks. So:
+
+- **one sender at a time**: while a relay holds an order's lock, no other sends any event of
+  that order to that receiver; and since only an order's earliest pending event is ever sent,
+  event k+1 of an order is never sent to a receiver before event k is delivered to it (or
+  given up on);
+- **nothing lost**: a relay killed mid-batch loses its connection and its locks with it; the
+  events are still pending and the next relay sends them again, under the same
+  ``webhook-id`` (the event's id). Receivers dedupe by it.
+
+The locks are advisory and session-level rather than row locks of a transaction held while
+sending: a transaction that locks rows takes a transaction id, and an open one holds back the
+outbox cursor of every reader (cursor.py) for as long as a slow receiver takes to answer.
+
+An order's event whose predecessor (sequence - 1) is not in the outbox yet waits: with several
+order writers, a batch holding event k may commit after one holding k+1. It waits at most
+``gap_wait_s`` for a predecessor that is not there at all (past that it is taken to be lost:
+refused as a dead letter, say, or older than the outbox), and for as long as it takes for one
+that is there but not yet taken in for the receiver.
+
+A failed delivery (connection refused, no answer within ``timeout_s``, any answer but 2xx) is
+tried again after an exponential backoff with jitter (``retry_base_s`` doubling up to
+``retry_cap_s``, each wait drawn between half and all of it), until ``give_up_s`` after its
+first attempt: then it is marked given up for that receiver, logged and counted
+(``flashsale events status``), and the order's next event goes. An answer of 410 Gone disables
+the receiver until ``flashsale events redeliver --receiver URL`` enables it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from dataclasses import dataclass
+
+import aiohttp
+import asyncpg
+
+from flashsale import __version__
+from flashsale.outbox import receivers
+from flashsale.settings import Settings
+from flashsale.webhooks.signing import headers_for
+
+log = logging.getLogger(__name__)
+
+_MAX_ERROR_CHARS = 500
+
+# For one receiver ($1): each order's earliest pending event, due, whose predecessor has been
+# taken in for this receiver (or, not in the outbox at all, cannot be waited for any longer
+# than $2 seconds).
+_ELIGIBLE = """
+FROM outbox_deliveries d JOIN outbox o ON o.id = d.outbox_id
+WHERE d.receiver = $1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL
+  AND d.next_attempt_at <= clock_timestamp()
+  AND NOT EXISTS (
+      SELECT 1 FROM outbox_deliveries e
+      WHERE e.receiver = d.receiver AND e.order_id = d.order_id AND e.sequence < d.sequence
+        AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)
+  AND (d.sequence IS NULL OR d.sequence = 1 OR coalesce(
+       (SELECT (p.txid, p.id) <= (w.cursor_txid, w.cursor_id)
+        FROM outbox p JOIN webhook_receivers w ON w.url = d.receiver
+        WHERE p.order_id = d.order_id AND p.sequence = d.sequence - 1),
+       o.created_at <= clock_timestamp() - $2 * interval '1 second'))
+"""
+
+# the orders with an event to send, soonest due first
+_CANDIDATES = f"""
+SELECT d.order_id {_ELIGIBLE}
+ORDER BY d.next_attempt_at, d.outbox_id
+LIMIT $3
+"""
+
+# of those, the ones no other relay holds, locked until pg_advisory_unlock_all()
+_LOCK = """
+SELECT o FROM unnest($2::text[]) AS o WHERE pg_try_advisory_lock(hashtext($1), hashtext(o))
+"""
+
+# read again, under the locks: another relay may have sent an event since the first look
+_CLAIM = f"""
+SELECT d.outbox_id, d.attempts, o.event_id, o.order_id, o.sequence, o.payload::text AS payload
+{_ELIGIBLE} AND d.order_id = ANY($3::text[])
+ORDER BY d.outbox_id
+"""
+
+_DELIVERED = """
+UPDATE outbox_deliveries
+SET delivered_at = clock_timestamp(), attempts = attempts + 1,
+    last_attempt_at = clock_timestamp(), last_error = NULL,
+    first_attempt_at = coalesce(first_attempt_at, clock_timestamp())
+WHERE receiver = $1 AND outbox_id = ANY($2::bigint[])
+"""
+
+# a failure past give_up_s since the first attempt is the last one
+_FAILED = """
+UPDATE outbox_deliveries d
+SET attempts = d.attempts + 1, last_attempt_at = clock_timestamp(), last_error = f.error,
+    first_attempt_at = coalesce(d.first_attempt_at, clock_timestamp()),
+    next_attempt_at = clock_timestamp() + f.delay_s * interval '1 second',
+    gave_up_at = CASE
+        WHEN coalesce(d.first_attempt_at, clock_timestamp())
+             <= clock_timestamp() - $3 * interval '1 second' THEN clock_timestamp() END
+FROM unnest($2::bigint[], $4::text[], $5::float8[]) AS f(id, error, delay_s)
+WHERE d.receiver = $1 AND d.outbox_id = f.id
+RETURNING d.outbox_id, d.gave_up_at IS NOT NULL AS gave_up, d.attempts
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    urls: tuple[str, ...]
+    key: bytes  # the HMAC key of FLASHSALE_WEBHOOK_SECRET
+    timeout_s: float = 10.0
+    retry_base_s: float = 1.0
+    retry_cap_s: float = 3600.0
+    give_up_s: float = 86_400.0
+    gap_wait_s: float = 60.0
+    batch_size: int = 50
+    poll_s: float = 0.25
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RelayConfig:
+        return cls(
+            urls=settings.webhook_urls,
+            key=settings.webhook_key,
+            timeout_s=settings.webhook_timeout_s,
+            retry_base_s=settings.webhook_retry_base_s,
+            retry_cap_s=settings.webhook_retry_cap_s,
+            give_up_s=settings.webhook_give_up_s,
+            # a predecessor can sit in a dead writer's batch until another writer claims it
+            gap_wait_s=2 * settings.writer_reclaim_idle_ms / 1000,
+            batch_size=settings.webhook_batch_size,
+            poll_s=settings.webhook_poll_s,
+        )
+
+    def backoff_s(self, attempts: int) -> float:
+        """The wait after the ``attempts``-th failure: exponential, capped, with jitter (so
+        that the retries of many events do not arrive together)."""
+        ceiling = min(self.retry_cap_s, self.retry_base_s * 2.0 ** min(attempts - 1, 60))
+        return ceiling * random.uniform(0.5, 1.0)
+
+
+@dataclass(frozen=True, slots=True)
+class _Claimed:
+    outbox_id: int
+    attempts: int  # before this one
+    event_id: str
+    order_id: str
+    sequence: int | None
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    ok: bool
+    gone: bool = False  # 410: the receiver asks to be sent nothing more
+    error: str | None = None
+
+
+@dataclass
+class RelayCounts:
+    """What this relay has done since it started."""
+
+    delivered: int = 0
+    failed: int = 0
+    given_up: int = 0
+
+
+class Relay:
+    def __init__(self, pool: asyncpg.Pool, config: RelayConfig) -> None:
+        self.pool = pool
+        self.config = config
+        self.counts = RelayCounts()
+        self._session: aiohttp.ClientSession | None = None
+
+    async def run(self) -> None:
+        """Deliver to every receiver until cancelled; one task each, so a slow receiver never
+        holds up the others."""
+        connector = aiohttp.TCPConnector(limit_per_host=self.config.batch_size)
+        async with (
+            aiohttp.ClientSession(
+                connector=connector,
+                headers={"User-Agent": f"flashsale/{__version__}"},
+                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
+            ) as self._session,
+            asyncio.TaskGroup() as group,
+        ):
+            for url in self.config.urls:
+                group.create_task(self._serve(url), name=f"relay {url}")
+
+    async def _serve(self, url: str) -> None:
+        delay = self.config.poll_s
+        registered = False
+        while True:
+            try:
+                if not registered:
+                    await receivers.register(self.pool, url)
+                    registered = True
+                if await receivers.is_disabled(self.pool, url):
+                    await asyncio.sleep(max(1.0, self.config.poll_s))
+                    continue
+                taken = await receivers.intake(self.pool, url, 10 * self.config.batch_size)
+                sent = await self.send_batch(url)
+                delay = self.config.poll_s
+                if sent < self.config.batch_size and not taken:
+                    await asyncio.sleep(self.config.poll_s)
+            except asyncio.CancelledError:
+                raise
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("relay to %s: %r; retrying in %.1fs", url, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def send_batch(self, url: str) -> int:
+        """Claim, send and record one batch for ``url``; how many events were sent."""
+        gap_wait_s = self.config.gap_wait_s
+        async with self.pool.acquire() as conn:
+            candidates = await conn.fetch(_CANDIDATES, url, gap_wait_s, self.config.batch_size)
+            if not candidates:
+                return 0
+            orders = list(dict.fromkeys(r["order_id"] for r in candidates))
+            try:
+                locked = [r[0] for r in await conn.fetch(_LOCK, url, orders)]
+                if not locked:
+                    return 0
+                rows = await conn.fetch(_CLAIM, url, gap_wait_s, locked)
+                if not rows:
+                    return 0
+                claimed = [
+                    _Claimed(r["outbox_id"], r["attempts"], r["event_id"], r["order_id"],
+                             r["sequence"], r["payload"].encode())
+                    for r in rows
+                ]  # fmt: skip
+                answers = await asyncio.gather(*(self._post(url, c) for c in claimed))
+                async with conn.transaction():
+                    await self._record(conn, url, claimed, answers)
+            finally:
+                # after the commit: the next holder of a lock sees what this batch did. (The
+                # pool's reset does the same if this fails; a dead connection has none left.)
+                await conn.execute("SELECT pg_advisory_unlock_all()")
+        return len(claimed)
+
+    async def _post(self, url: str, event: _Claimed) -> _Answer:
+        assert self._session is not None, "send_batch runs inside run()"
+        headers = headers_for(self.config.key, event.event_id, int(time.time()), event.body)
+        headers["Content-Type"] = "application/json"
+        try:
+            async with self._session.post(
+                url, data=event.body, headers=headers, allow_redirects=False
+            ) as resp:
+                status = resp.status
+        except TimeoutError:
+            return _Answer(ok=False, error=f"no answer within {self.config.timeout_s:g} s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return _Answer(ok=False, error=_shorten(f"{type(exc).__name__}: {exc}"))
+        if 200 <= status < 300:
+            return _Answer(ok=True)
+        return _Answer(ok=False, gone=status == 410, error=f"HTTP {status}")
+
+    async def _record(
+        self, conn: asyncpg.Connection, url: str, claimed: list[_Claimed], answers: list[_Answer]
+    ) -> None:
+        done = [c.outbox_id for c, a in zip(claimed, answers, strict=True) if a.ok]
+        failed = [(c, a) for c, a in zip(claimed, answers, strict=True) if not a.ok]
+        if done:
+            await conn.execute(_DELIVERED, url, done)
+            self.counts.delivered += len(done)
+        gone = next((a for _, a in failed if a.gone), None)
+        if failed:
+            by_id = {c.outbox_id: c for c, _ in failed}
+            results = await conn.fetch(
+                _FAILED,
+                url,
+                [c.outbox_id for c, _ in failed],
+                self.config.give_up_s,
+                [a.error for _, a in failed],
+                # a 410 disables the receiver; its event is due again as soon as it is enabled
+                [0.0 if a.gone else self.config.backoff_s(c.attempts + 1) for c, a in failed],
+            )
+            self.counts.failed += len(failed)
+            for r in results:
+                if r["gave_up"]:
+                    self.counts.given_up += 1
+                    c = by_id[r["outbox_id"]]
+                    log.warning(
+                        "relay to %s: gave up on event %s (order %s, sequence %s) after %d "
+                        "attempts; `flashsale events redeliver` sends it again",
+                        url, c.event_id, c.order_id, c.sequence, r["attempts"],
+                    )  # fmt: skip
+            log.debug("relay to %s: %d of %d failed, e.g. %s", url, len(failed), len(claimed),
+                      failed[0][1].error)  # fmt: skip
+        if gone is not None:
+            await receivers.disable(conn, url, "answered 410 Gone")
+            log.error(
+                "relay to %s: the receiver answered 410 Gone: disabled; "
+                "`flashsale events redeliver --receiver %s --since ...` enables it again",
+                url, url,
+            )  # fmt: skip
+        await receivers.record_health(
+            conn, url, ok=bool(done), error=None if done else failed[0][1].error
+        )
+
+
+def _shorten(text: str) -> str:
+    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"

@@ -1,0 +1,1 @@
+"""Standard Webhooks: signing what flashsale sends and checking what it receives."""

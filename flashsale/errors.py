@@ -14,19 +14,29 @@
     ├── NotFound                         404 not_found
     │   ├── SaleNotFound                 404 sale_not_found
     │   ├── OrderNotFound                404 order_not_found
-    │   └── BookingNotFound              404 booking_not_found
+    │   ├── BookingNotFound              404 booking_not_found
+    │   └── OpeningNotOffered            404 opening_not_offered (a sale without an opening
+    │                                        window)
     ├── Conflict                         409 conflict
     │   ├── SaleExists                   409 sale_exists
+    │   ├── SaleNotEditable              409 sale_not_editable (opened, or holds what an edit
+    │   │                                    or a delete would strand)
     │   ├── CampaignExists               409 campaign_exists
     │   ├── SoldOut                      409 sold_out
     │   ├── LimitReached                 409 limit_reached
-    │   ├── SaleNotOpen                  409 sale_not_open
+    │   ├── SaleNotOpen                  409 sale_not_open (not started yet)
+    │   │   └── SalePaused               409 sale_paused (paused by the operator; with
+    │   │                                    Retry-After)
     │   ├── OrderExpired                 409 order_expired
     │   ├── OrderCancelled               409 order_cancelled
     │   ├── OrderPaid                    409 order_paid
     │   ├── FcodeInvalid                 409 fcode_invalid
     │   ├── FcodeUsed                    409 fcode_used
     │   ├── FcodeRevoked                 409 fcode_revoked
+    │   ├── FcodeLaneClosed              409 fcode_lane_closed (the F-code units passed to
+    │   │                                    the public; the code stays unused)
+    │   ├── OpeningNotDrawn              409 opening_not_drawn (the opening window is still
+    │   │                                    open; with Retry-After)
     │   ├── BookingNotOffered            409 booking_not_offered
     │   ├── BookingNotOpen               409 booking_not_open
     │   ├── BookingClosed                409 booking_closed
@@ -118,12 +128,23 @@ class BookingNotFound(NotFound):
     code, default_message = "booking_not_found", "you have no booking for this sale"
 
 
+class OpeningNotOffered(NotFound):
+    code, default_message = "opening_not_offered", "this sale has no opening window"
+
+
 class Conflict(FlashsaleError):
     status, code, default_message = 409, "conflict", "the request conflicts with the current state"
 
 
 class SaleExists(Conflict):
     code, default_message = "sale_exists", "a sale with this id already exists"
+
+
+class SaleNotEditable(Conflict):
+    code, default_message = (
+        "sale_not_editable",
+        "the sale has opened, or holds orders, bookings or F-codes: it can no longer change",
+    )
 
 
 class CampaignExists(Conflict):
@@ -140,6 +161,24 @@ class LimitReached(Conflict):
 
 class SaleNotOpen(Conflict):
     code, default_message = "sale_not_open", "the sale is not open"
+
+
+# A hint for polling clients: a pause has no announced end, and a crowd asking every few
+# milliseconds would cost more than the sale itself.
+PAUSED_RETRY_AFTER_S = 5
+
+
+class SalePaused(SaleNotOpen):
+    """The operator paused the sale; it may be resumed at any time."""
+
+    code, default_message = (
+        "sale_paused",
+        "the sale is paused; it may resume at any moment, try again shortly",
+    )
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message)
+        self.retry_after_s = PAUSED_RETRY_AFTER_S
 
 
 class OrderExpired(Conflict):
@@ -167,6 +206,27 @@ class FcodeUsed(Conflict):
 
 class FcodeRevoked(Conflict):
     code, default_message = "fcode_revoked", "this F-code has been revoked"
+
+
+class FcodeLaneClosed(Conflict):
+    code, default_message = (
+        "fcode_lane_closed",
+        "the units set aside for F-codes have passed to the public sale; the code stays unused "
+        "and may be honoured in a later sale",
+    )
+
+
+class OpeningNotDrawn(Conflict):
+    """The opening window is still open: its tickets are put in order when it closes."""
+
+    code, default_message = (
+        "opening_not_drawn",
+        "the opening window is still open; its order is drawn when it closes",
+    )
+
+    def __init__(self, message: str | None = None, *, retry_after_s: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class BookingNotOffered(Conflict):

@@ -8,10 +8,12 @@ from enum import StrEnum
 from typing import Any
 
 from flashsale.booking import lottery
+from flashsale.opening import shuffle
 
 
 class SaleState(StrEnum):
-    """What an operator set. The status a shopper sees also depends on the clock and stock."""
+    """What an operator set (``control`` in admin answers). The status a shopper sees also
+    depends on the clock and stock."""
 
     ACTIVE = "active"
     PAUSED = "paused"
@@ -102,6 +104,20 @@ class BookingPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class OpeningPolicy:
+    """An opening window (sales without a booking queue): the public buy requests that arrive
+    from ``window_ms`` before the start until ``window_ms`` after it get a ticket and nothing is
+    reserved; when the window closes the tickets are put in an order drawn from ``seed`` and
+    admitted in that order, ``admission_ratio`` shoppers a public unit, ``admission_window_s``
+    each to buy (see flashsale/opening)."""
+
+    window_ms: int
+    seed: str | None = None  # revealed when the window closes (its SHA-256 is public before)
+    admission_ratio: float = 1.0
+    admission_window_s: int = 120
+
+
+@dataclass(frozen=True, slots=True)
 class RateLimit:
     """At most ``rate`` requests a second on average, ``burst`` at once (GCRA); rate 0: off."""
 
@@ -147,10 +163,25 @@ class SaleDefinition:
     rate_per_user: RateLimit = DEFAULT_RATE_PER_USER
     rate_per_address: RateLimit = DEFAULT_RATE_PER_ADDRESS
     currency: str = DEFAULT_CURRENCY  # ISO 4217, of price_cents and of payments
+    opening: OpeningPolicy | None = None  # None: no opening window, first come first served
+    # when the F-code units nobody redeemed pass to the public lane; None: never
+    fcode_release_ms: int | None = None
 
     @property
     def public_stock(self) -> int:
         return self.stock - self.fcode_stock
+
+    @property
+    def queue_opens_ms(self) -> int:
+        """When public buy requests are first answered: with an opening window, by a ticket
+        from ``window_ms`` before the start."""
+        return self.starts_ms - (self.opening.window_ms if self.opening else 0)
+
+    @property
+    def draw_ms(self) -> int:
+        """When the opening window closes and its tickets are put in order (the start
+        without a window)."""
+        return self.starts_ms + (self.opening.window_ms if self.opening else 0)
 
     @property
     def fcode_opens_at_ms(self) -> int:
@@ -172,7 +203,11 @@ class SaleCounters:
     fcode_failures: int = 0
     paid_late: int = 0  # of ``paid``: units bought again by a payment after their expiry
     bookings: int = 0  # booking numbers given (the last one)
-    admitted: int = 0  # queue ranks admitted so far (queued admissions only)
+    admitted: int = 0  # queue ranks admitted so far (queued admissions and opening windows)
+    # F-code units that passed to the public lane (``available``): unredeemed at the release,
+    # and every F-code unit given back after it
+    fcode_released: int = 0
+    tickets: int = 0  # opening window: tickets given (the last ticket number)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,11 +245,39 @@ class SaleView:
             "fcode_stock": d.fcode_stock,
             "fcode_available": self.counters.fcode_available,
             "fcode_opens_at": iso(d.fcode_opens_at_ms),
+            **self._release_json(),
+            **self._opening_json(now_ms),
             "rate_limits": {
                 "per_user": d.rate_per_user.to_json(),
                 "per_address": d.rate_per_address.to_json(),
             },
             **self._booking_json(now_ms),
+        }
+
+    def _release_json(self) -> dict[str, Any]:
+        release_ms = self.definition.fcode_release_ms
+        if release_ms is None:
+            return {}
+        return {"fcode_release_at": iso(release_ms), "fcode_released": self.counters.fcode_released}
+
+    def _opening_json(self, now_ms: int) -> dict[str, Any]:
+        d, opening = self.definition, self.definition.opening
+        if opening is None:
+            return {}
+        drawn = now_ms >= d.draw_ms
+        seed_sha256 = None if opening.seed is None else shuffle.commitment(opening.seed)
+        return {
+            "opening_window_ms": opening.window_ms,
+            "queue_opens_at": iso(d.queue_opens_ms),  # tickets from then on
+            "opening_draw_at": iso(d.draw_ms),  # the window's tickets put in order then
+            "opening_method": shuffle.METHOD,
+            "opening_seed_sha256": seed_sha256,
+            # secret until the draw, so that nobody can work out the order in advance
+            "opening_seed": opening.seed if drawn else None,
+            "tickets": self.counters.tickets,
+            "admission_ratio": opening.admission_ratio,
+            "admission_window_s": opening.admission_window_s,
+            "admitted": self.counters.admitted if drawn else 0,
         }
 
     def _booking_json(self, now_ms: int) -> dict[str, Any]:
@@ -246,10 +309,12 @@ class SaleView:
         return fields
 
     def admin_json(self, now_ms: int) -> dict[str, Any]:
+        # "status" is the one word for where a sale stands; "control" is only what the operator
+        # set (pause, resume, close), which "status" already takes into account
         return {
             **self.public_json(now_ms),
             "reservation_ttl_s": self.definition.reservation_ttl_s,
-            "state": self.state.value,
+            "control": self.state.value,
         }
 
 

@@ -199,6 +199,10 @@ class Settings:
     webhook_give_up_s: float = 86_400.0
     webhook_batch_size: int = 50
     webhook_poll_s: float = 0.25
+    # GET /metrics and the counting behind it (flashsale/metrics); the endpoint takes the admin
+    # token unless metrics_public (for a scraper inside a private network)
+    metrics: bool = True
+    metrics_public: bool = False
 
     @property
     def webhook_key(self) -> bytes:
@@ -310,4 +314,6 @@ class Settings:
                 "FLASHSALE_WEBHOOK_RETRY_CAP_S", defaults.webhook_retry_cap_s
             ),
             webhook_give_up_s=_env_float("FLASHSALE_WEBHOOK_GIVE_UP_S", defaults.webhook_give_up_s),
+            metrics=env("FLASHSALE_METRICS", "1") not in ("0", "false", "no"),
+            metrics_public=env("FLASHSALE_METRICS_PUBLIC", "0") in ("1", "true", "yes"),
         )

@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from flashsale.payments.simulator import Expect, Send, answer_problem
+
 SALE_STATUSES = frozenset({"scheduled", "open", "paused", "sold_out", "ended"})
 BOOKING_STATES = frozenset({"waiting", "admitted", "purchased", "passed"})
 # the refusals a public buyer may correctly get; admission_passed only in a queued sale
@@ -22,8 +24,6 @@ FCODE_REFUSALS = frozenset({"sold_out", "fcode_used", "sale_not_open"})
 GUESS_REFUSALS = frozenset({
     "fcode_invalid", "fcode_throttled", "rate_limited", "sold_out", "sale_not_open", "sale_ended",
 })  # fmt: skip
-# the refunds a right payment may meet: the reservation lapsed (and no unit was free)
-PAY_REFUSALS = frozenset({"reservation_expired"})
 
 
 @dataclass(frozen=True)
@@ -134,8 +134,17 @@ def judge_guess(status: int, content: bytes | None, error: object = None) -> Jud
 
 
 def judge_pay(
-    status: int, content: bytes | None, *, order_id: str, error: object = None
+    status: int,
+    content: bytes | None,
+    *,
+    order_id: str,
+    send: Send | None = None,
+    previous: dict[str, Any] | None = None,
+    error: object = None,
 ) -> Judgement:
+    """A payment notification's answer: ``send`` is what the payment service sent (by default
+    a payment in time of the right amount), ``previous`` the answer to the notification
+    before it, which a repeat must get again (simulator.answer_problem)."""
     j = _read(status, content, error)
     if j.problem or j.body is None:
         return j
@@ -145,12 +154,10 @@ def judge_pay(
     if not isinstance(payment, dict) or payment.get("order_id") != order_id:
         return _bad(j, "200 without the payment")
     outcome, reason = payment.get("outcome"), payment.get("reason")
-    if outcome == "paid" and reason is None:
-        return Judgement("200 paid", None, j.body)
-    # a winner slower than the reservation, whose unit went to someone else
-    if outcome == "refund_required" and reason in PAY_REFUSALS:
-        return Judgement(f"200 refund_required {reason}", None, j.body)
-    return _bad(j, f"payment decided {outcome} {reason}")
+    answer = "200 paid" if outcome == "paid" else f"200 {outcome} {reason}"
+    expected = send or Send("", "", 0, "", Expect.DECISION)
+    problem = answer_problem(expected, payment, previous)
+    return Judgement(answer, problem, j.body)
 
 
 def judge_sale(

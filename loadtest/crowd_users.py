@@ -3,8 +3,9 @@
 Each user is a sequence of shoppers: it takes an identity, acts as that shopper until the
 shopper is done (won and paid or never paid, refused for good, or gave up), then takes the
 next. Winners pay at the checkout, within the plan's ``checkout_s`` of their 201 (the crowd
-plays the payment service: it posts the signed notification the payment service would), while the
-user goes on with the next shopper: a winner's payment does not hold back the crowd, and no
+plays the payment service: it posts the signed notifications the payment service would, with
+its misbehaviours; the late payments the driver sends after the crowd), while the user goes on
+with the next shopper: a winner's payment does not hold back the crowd, and no
 pool of payers falls behind the buyers (leaving orders unpaid for want of payers rather than
 of shoppers). Every answer is judged by checks.py; correct refusals count as successes,
 anything else as a failure.
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from typing import Any
 
 import gevent
@@ -23,7 +25,7 @@ from locust.contrib.fasthttp import FastHttpUser
 
 from flashsale.fcodes.codes import new_code
 from flashsale.payments.simulator import PATH as PAYMENTS_PATH
-from flashsale.payments.simulator import new_id, signed_notification
+from flashsale.payments.simulator import Kind
 from loadtest import checks
 from loadtest.context import Crowd, crowd
 from loadtest.pools import BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, Identity
@@ -87,26 +89,35 @@ class Shopper(FastHttpUser):
         self.identity = None
 
     def pay(self, identity: Identity, order: dict[str, Any], lane: str, role: str) -> None:
-        """At the checkout: the payment service charges the order and notifies the engine; a
-        notification that got no decision is sent again, under its webhook-id, a few times."""
+        """At the checkout: the payment service charges the order and notifies the engine, as
+        the plan's mix says (simulator.PaymentMix): once, twice under one webhook-id, again
+        under a new one, or a wrong amount first; a late payment is left to the driver, which
+        sends it after the reservation expired. A notification that got no decision is sent
+        again, under its webhook-id, a few times. The answers are tallied by kind."""
         order_id = order["order_id"]
-
-        def judge(status: int, content: bytes | None, error: object) -> checks.Judgement:
-            return checks.judge_pay(status, content, order_id=order_id, error=error)
-
-        payment_id, webhook_id = new_id("pay"), new_id("msg")
-        for _ in range(MAX_FAILED_TRIES):
-            body, headers = signed_notification(
-                self.crowd.payment_key, order_id, order["amount_cents"], order["currency"],
-                payment_id=payment_id, webhook_id=webhook_id,
+        kind, sends = self.crowd.payments.plan(order_id, order["amount_cents"], order["currency"])
+        if kind is Kind.LATE:
+            self.crowd.recorder.order(
+                "late", order_id, identity.user, lane, amount_cents=order["amount_cents"],
+                currency=order["currency"], expires_at=order["expires_at"],
             )  # fmt: skip
-            j = self.send("POST", PAYMENTS_PATH, PAY, judge, role=role, data=body,
-                          headers=headers)  # fmt: skip
-            if j.answer == "200 paid" and j.ok:
+            return
+        previous: dict[str, Any] | None = None
+        for send in sends:
+            judge = partial(checks.judge_pay, order_id=order_id, send=send, previous=previous)
+            for _ in range(MAX_FAILED_TRIES):
+                body, headers = send.signed(self.crowd.payment_key, order_id)
+                j = self.send("POST", PAYMENTS_PATH, PAY, judge, role=kind.value, data=body,
+                              headers=headers)  # fmt: skip
+                decided = (j.body or {}).get("payment") if j.answer.startswith("200") else None
+                if isinstance(decided, dict):  # decided (and judged): never sent again
+                    break
+                gevent.sleep(0.5)
+            else:
+                return  # no decision: the payment service gives up on this order
+            previous = decided
+            if j.answer == "200 paid":
                 self.crowd.recorder.order("paid", order_id, identity.user, lane)
-            if j.ok:
-                return
-            gevent.sleep(0.5)
 
 
 def _retry_after(resp: Any) -> float | None:

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
+import gevent
 from locust import LoadTestShape, events
 from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
+from loadtest import start_gate
 from loadtest.context import crowd, setup_crowd
 from loadtest.crowd_users import BookedShopper, Bot, FcodeHolder, LateArrival
 from loadtest.plan import Plan
@@ -57,8 +60,15 @@ def _owns_shape(environment: Environment) -> bool:
 
 @events.test_start.add_listener
 def _on_test_start(environment: Environment, **_: Any) -> None:
+    c = crowd()
+    if c.plan.opens_on_start:  # the Start button: the driver opens the sale now
+        if _owns_shape(environment):
+            start_gate.announce_start(c.plan.record_dir)
+        opens_at = start_gate.wait_for_opening(c.plan.record_dir, sleep=gevent.sleep)
+        c.plan = replace(c.plan, opens_at=opens_at)
+        log.info("rehearsal: the sale opens at %.3f", opens_at)
     if _owns_shape(environment):
-        WATCHER.start(crowd().plan)
+        WATCHER.start(c.plan)
 
 
 @events.request.add_listener

@@ -11,6 +11,8 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from flashsale.payments.simulator import PaymentMix, Shares
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -36,10 +38,31 @@ class Plan:
     walk_in_share: float  # share of attempts by unbooked shoppers (booking_required expected)
     sold_out_retries: int  # a shopper told sold_out tries this many more times
     poll_interval_s: float  # how often late arrivals and queued shoppers look again
+    # the payment service (flashsale/payments/simulator.py): its seed and, of the payments,
+    # the shares sent late, delivered twice, sent again under a new webhook-id, wrong first
+    payment_seed: int = 7
+    late_share: float = 0.0
+    repeat_share: float = 0.0
+    paid_again_share: float = 0.0
+    wrong_amount_share: float = 0.0
+    # the sale opens when the crowd starts (Locust's Start button): the driver then sets the
+    # opening, and each Locust process takes it from start_gate.py's file (opens_at is a
+    # placeholder until then)
+    opens_on_start: bool = False
 
     @property
     def queued(self) -> bool:
         return self.admission != "arrival"
+
+    @property
+    def payment_mix(self) -> PaymentMix:
+        shares = Shares(
+            late=self.late_share,
+            repeated=self.repeat_share,
+            paid_again=self.paid_again_share,
+            wrong_amount=self.wrong_amount_share,
+        )
+        return PaymentMix(seed=self.payment_seed, shares=shares)
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2) + "\n")

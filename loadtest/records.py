@@ -1,7 +1,8 @@
 """What one Locust process saw, written where the driver's verdict and report read it.
 
-- ``orders-<tag>.jsonl``: every order answered 201 (and every payment answered 200), streamed
-  as it happens, so a crashed process still leaves its orders behind;
+- ``orders-<tag>.jsonl``: every order answered 201 (and every payment answered 200 paid, and
+  every order whose payment comes late), streamed as it happens, so a crashed process still
+  leaves its orders behind;
 - ``answers-<tag>.json``: how many of each answer per endpoint and role, and the pools' use;
 - ``requests-<tag>.npz``: every request's start, latency, endpoint and failure flag, for the
   chart's time series (Locust's own history keeps percentiles over a 10 s window only).
@@ -37,9 +38,12 @@ class Recorder:
         self._endpoint = array("B")
         self._failed = array("B")
 
-    def order(self, event: str, order_id: str, user: str, lane: str) -> None:
-        """``event``: "reserved" (a 201) or "paid" (a payment answered 200 paid)."""
-        line = {"t": time.time(), "event": event, "order_id": order_id, "user": user, "lane": lane}
+    def order(self, event: str, order_id: str, user: str, lane: str, **more: Any) -> None:
+        """``event``: "reserved" (a 201), "paid" (a payment answered 200 paid) or "late" (an
+        order the payment service pays after its deadline, which the driver does: ``more``
+        holds the order's ``amount_cents``, ``currency`` and ``expires_at``)."""
+        line = {"t": time.time(), "event": event, "order_id": order_id, "user": user,
+                "lane": lane, **more}  # fmt: skip
         if self._orders is None:
             self._orders = (self.dir / f"orders-{self.tag}.jsonl").open("a", buffering=1 << 16)
         self._orders.write(json.dumps(line) + "\n")

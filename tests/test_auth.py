@@ -190,6 +190,10 @@ async def test_admin_endpoints_refuse_everyone_else(service: Service) -> None:
         ("POST", f"/v1/admin/sales/{sid}/resume", None),
         ("POST", f"/v1/admin/sales/{sid}/close", None),
         ("GET", f"/v1/admin/sales/{sid}/stats", None),
+        ("GET", "/v1/admin/sales", None),
+        ("GET", f"/v1/admin/sales/{sid}", None),
+        ("PATCH", f"/v1/admin/sales/{sid}", {"stock": 1}),
+        ("DELETE", f"/v1/admin/sales/{sid}", None),
     ]
     for method, path, body in endpoints:
         for label, headers in callers.items():

@@ -222,9 +222,12 @@ async def test_pause_and_resume(service: Service) -> None:
     sid, admin = sale["sale_id"], service.admin_headers
     paused = await service.call("POST", f"/v1/admin/sales/{sid}/pause", headers=admin)
     assert paused.status == 200, paused.body
-    assert (paused.body["sale"]["status"], paused.body["sale"]["state"]) == ("paused", "paused")
+    assert (paused.body["sale"]["status"], paused.body["sale"]["control"]) == ("paused", "paused")
+    assert "state" not in paused.body["sale"]  # one word for where a sale stands: status
     assert await status_of(service, sid) == "paused"
-    assert_error(await service.buy(sid, "alice"), 409, "sale_not_open")
+    refused = await service.buy(sid, "alice")
+    assert_error(refused, 409, "sale_paused")  # not sale_not_open: it has started
+    assert refused.headers["Retry-After"] == "5"
     await assert_untouched(service, sale)
     resumed = await service.call("POST", f"/v1/admin/sales/{sid}/resume", headers=admin)
     assert resumed.status == 200, resumed.body
@@ -254,7 +257,7 @@ async def test_a_closed_sale_is_gone_for_good(service: Service) -> None:
     sid, admin = sale["sale_id"], service.admin_headers
     closed = await service.call("POST", f"/v1/admin/sales/{sid}/close", headers=admin)
     assert closed.status == 200, closed.body
-    assert (closed.body["sale"]["status"], closed.body["sale"]["state"]) == ("ended", "closed")
+    assert (closed.body["sale"]["status"], closed.body["sale"]["control"]) == ("ended", "closed")
     assert await status_of(service, sid) == "ended"
     assert_error(await service.buy(sid, "alice"), 410, "sale_ended")
     for action in ("pause", "resume"):
@@ -375,7 +378,7 @@ async def test_created_sale_echoes_its_definition(service: Service) -> None:
     assert re.fullmatch(r"[a-z0-9-]{1,64}", sale["sale_id"]), sale["sale_id"]
     assert sale["stock"] == sale["available"] == 7
     assert (sale["per_user_limit"], sale["reservation_ttl_s"]) == (1, 900)
-    assert (sale["status"], sale["state"]) == ("open", "active")
+    assert (sale["status"], sale["control"]) == ("open", "active")
     assert (sale["sku"], sale["name"], sale["price_cents"]) == ("mi-1", "Mi 1", 199_900)
     assert (await service.call("GET", f"/v1/sales/{sale['sale_id']}")).status == 200
 
@@ -464,7 +467,8 @@ async def test_unknown_routes_and_wrong_methods(service: Service) -> None:
         ("GET", f"/v1/sales/{sid}/buy", "POST"),
         ("PUT", f"/v1/sales/{sid}/buy", "POST"),
         ("DELETE", f"/v1/sales/{sid}", "GET"),
-        ("GET", "/v1/admin/sales", "POST"),
+        ("PUT", "/v1/admin/sales", "POST"),
+        ("POST", f"/v1/admin/sales/{sid}", "PATCH"),
         ("GET", f"/v1/orders/{sid}.{'0' * 26}/pay", "POST"),
         ("POST", f"/v1/admin/sales/{sid}/stats", "GET"),
     ]:

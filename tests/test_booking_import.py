@@ -253,8 +253,9 @@ async def test_import_refused_without_a_sale_taking_bookings(
     rc, _, err = await cli(settings, "export", plain)
     assert (rc, "this sale takes no bookings" in err) == (1, True), err
 
+    opened = at(-5)  # one instant: booking closes as the sale opens, not a microsecond after
     started = await booking_sale(
-        service, starts_at=at(-5), booking_opens_at=at(-60), booking_closes_at=at(-5),
+        service, starts_at=opened, booking_opens_at=at(-60), booking_closes_at=opened,
         admission="booking_order",
     )  # fmt: skip
     rc, out, err = await cli(settings, "import", started, str(path))

@@ -351,7 +351,7 @@ async def test_a_pause_stops_the_admission_windows(service: Service) -> None:
         await service.call("POST", f"/v1/admin/sales/{sale_id}/pause", headers=admin)
     ).status == 200
     reply = await service.buy(sale_id, "w1")
-    assert (reply.status, reply.body["error"]) == (409, "sale_not_open")
+    assert (reply.status, reply.body["error"]) == (409, "sale_paused")
     await asyncio.sleep(2.5)  # the opening windows would have closed by now
     assert (await public_sale(service, sale_id))["admitted"] == 2  # nothing moved while paused
     assert (

@@ -12,6 +12,7 @@ import re
 import signal
 import stat
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -273,10 +274,10 @@ async def test_codes_that_could_never_buy_are_refused(
         "POST", f"/v1/admin/sales/{closed}/close", headers=service.admin_headers
     )
     assert reply.status == 200, reply.body
-    past = datetime.now(UTC) - timedelta(hours=1)
-    ended = await fcode_sale(
-        service, starts_at=(past - timedelta(hours=1)).isoformat(), ends_at=past.isoformat()
-    )
+    # a sale may not be created over already: this one ends a moment after its creation
+    ends = datetime.now(UTC) + timedelta(seconds=0.5)
+    ended = await fcode_sale(service, ends_at=ends.isoformat())
+    await asyncio.sleep(max(0.0, ends.timestamp() - time.time()) + 0.05)
     for sale_id, message in (
         (no_units, "sets no units aside for F-codes (its fcode_stock is 0)"),
         (closed, "is closed: its codes could never buy anything; nothing was issued"),

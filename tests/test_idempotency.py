@@ -151,7 +151,7 @@ async def _exhaust_rate(service: Service, sale_id: str) -> None:
 @pytest.mark.parametrize(
     ("change", "refusal", "fields"),
     [
-        (_pause, "sale_not_open", {}),
+        (_pause, "sale_paused", {}),
         (_close, "sale_ended", {}),
         (_end, "sale_ended", {"ends_in_s": 1.5}),
         (_exhaust_rate, "rate_limited", {"rate_per_user": 0.01, "burst_per_user": 1}),

@@ -308,8 +308,10 @@ async def test_a_0_1_0_database_upgrades_keeping_every_row_and_serves(
     pool = await open_pool(url, max_size=1)  # a process of this release starts on it
     await pool.close()
     assert await applied_versions(url) == list(range(1, LATEST + 1))
-    # every row kept as it was; the sales gained the default currency (0004)
-    before["sales"] = [sale | {"currency": "USD"} for sale in before["sales"]]
+    # every row kept as it was; the sales gained the default currency (0004), and no opening
+    # window or F-code release (0007)
+    no_window = {"opening_window_ms": None, "opening_seed": None, "fcode_release_at": None}
+    before["sales"] = [sale | {"currency": "USD"} | no_window for sale in before["sales"]]
     assert await contents(url) == before
     fresh = await new_database()
     await migrate_database(fresh)

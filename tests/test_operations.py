@@ -18,10 +18,11 @@ import pytest
 from redis.asyncio import Redis
 
 from flashsale import __version__
+from flashsale.handoff_checks import EVENTS, PAID_ONCE, REASONS, UNITS
 from flashsale.http.admin import parse_sale
 from flashsale.settings import Settings
 from flashsale.store.sales import insert_sale
-from tests.helpers import Service, flashsale_env, sale_spec
+from tests.helpers import Service, flashsale_env, run_flashsale, sale_spec
 
 
 def _flashsale(*args: str) -> list[str]:
@@ -35,7 +36,9 @@ async def test_keys_of_a_sale_share_one_hash_tag(service: Service, redis: Redis)
     paid = await service.pay(reply.body["order"]["order_id"])
     assert paid.body["payment"]["outcome"] == "paid"
     keys = [k async for k in redis.scan_iter(match=f"{service.settings.key_prefix}:*")]
-    sale_keys = [k for k in keys if k != f"{service.settings.key_prefix}:sales"]
+    # the keys of the deployment, not of a sale: the index of sales, the reporter's lease
+    shared = {f"{service.settings.key_prefix}:{name}" for name in ("sales", "reporter")}
+    sale_keys = [k for k in keys if k not in shared]
     # sale, holders, deadlines-or-events, order, idempotency, payment, webhook-id
     assert len(sale_keys) >= 7
     for key in sale_keys:
@@ -157,13 +160,31 @@ async def test_serve_applies_the_schema_and_answers(settings: Settings) -> None:
 
 @pytest.mark.timeout(120)
 def test_demo_runs_a_whole_sale(settings: Settings) -> None:
+    # a payment service that misbehaves often: each kind of misbehaviour all but surely occurs
+    shares = [f"--{kind}-share=0.2" for kind in ("late", "repeat", "paid-again", "wrong-amount")]
     out = subprocess.run(
-        _flashsale("demo", "--stock", "100", "--shoppers", "600", "--concurrency", "50"),
+        _flashsale("demo", "--stock", "100", "--shoppers", "600", "--concurrency", "50",
+                   "--reservation-ttl", "2", *shares),
         env=flashsale_env(settings), capture_output=True, text=True, timeout=110,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "verdict: all invariants hold" in out.stdout
-    assert "orders in PostgreSQL: 100" in out.stdout
+    # every unit sold, some more than once (cancelled or expired, then bought by the next in
+    # the opening window's queue): PostgreSQL holds every order answered 201
+    reserved = re.search(r"^answers: .*\breserved (\d+)", out.stdout, re.MULTILINE)
+    orders = re.search(r"^orders in PostgreSQL: (\d+) \((\d+) paid", out.stdout, re.MULTILINE)
+    assert reserved is not None, out.stdout
+    assert orders is not None, out.stdout
+    assert int(orders[1]) == int(reserved[1]) >= 100
+    assert int(orders[2]) == 100
+    assert "queued (202)" in out.stdout  # the crowd at the opening went through the window
+    payments = re.search(r"^payment service: .*$", out.stdout, re.MULTILINE)
+    assert payments is not None, out.stdout
+    for kind in ("on_time", "late", "repeated", "paid_again", "wrong_amount", "amount_mismatch"):
+        assert kind in payments[0]
+    assert re.search(r"^order events: [1-9][\d,]* deliveries to the receiver", out.stdout, re.M)
+    for check in (PAID_ONCE, REASONS, EVENTS, UNITS):
+        assert f"check: {check}: ok (" in out.stdout
 
 
 @pytest.mark.timeout(120)
@@ -175,6 +196,7 @@ def test_demo_runs_a_launch_through_the_booking_queue(settings: Settings) -> Non
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
     assert "verdict: all invariants hold" in out.stdout
+    assert f"check: {EVENTS}: ok (" in out.stdout
     assert "400 bookings taken" in out.stdout
     assert "all paid after" in out.stdout
     # the front of the queue won (the first few may be no-shows), not the whole crowd
@@ -278,3 +300,54 @@ async def test_serve_writes_orders_from_its_own_writer_process(settings: Setting
         for orphan in alive:
             orphan.kill()
     assert not alive, f"children outlived their supervisor: {alive}"
+
+
+async def test_token_command_mints_many_fast(
+    service: Service, settings: Settings, tmp_path: Any
+) -> None:
+    import csv
+
+    import jwt
+
+    sale = await service.create_sale(stock=3)
+    out = tmp_path / "tokens.csv"
+    started = time.monotonic()
+    code, _, err = await run_flashsale(settings, "token", "--count", "20000", "--out", str(out))
+    assert code == 0, err
+    assert time.monotonic() - started < 10  # one process: not 20,000 of them (0.19 s each)
+    assert "20,000 token(s) written to" in err
+    assert out.stat().st_mode & 0o777 == 0o600  # a token is a shopper's key
+    with out.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 20000
+    assert (rows[0]["user_id"], rows[-1]["user_id"]) == ("user-1", "user-20000")
+    claims = jwt.decode(rows[7]["token"], settings.token_secret, algorithms=["HS256"])
+    assert (claims["sub"], claims["exp"] - claims["iat"]) == ("user-8", 3600)
+    for row in rows[:2]:
+        headers = {"Authorization": f"Bearer {row['token']}"}
+        bought = await service.call("POST", f"/v1/sales/{sale['sale_id']}/buy", json={},
+                                    headers=headers)  # fmt: skip
+        assert (bought.status, bought.body["order"]["user_id"]) == (201, row["user_id"])
+
+    users = tmp_path / "users.csv"
+    users.write_text("user_id,email\nalice,a@example.com\nbob,b@example.com\n")
+    code, stdout, err = await run_flashsale(settings, "token", "--users", str(users),
+                                            "--prefix", "x", "--ttl", "60")  # fmt: skip
+    assert code == 0, err
+    listed = list(csv.DictReader(stdout.splitlines()))
+    assert [r["user_id"] for r in listed] == ["alice", "bob"]
+    bob = jwt.decode(listed[1]["token"], settings.token_secret, algorithms=["HS256"])
+    assert bob["sub"] == "bob"
+    for bad in (["--count", "0"], ["--count", "2", "--prefix", " space"], ["a", "--count", "2"],
+                ["--users", str(tmp_path / "missing.csv")], []):  # fmt: skip
+        code, _, err = await run_flashsale(settings, "token", *bad)
+        assert code == 2, (bad, err)
+
+
+def test_serve_help_shows_the_defaults() -> None:
+    out = subprocess.run(_flashsale("serve", "--help"), capture_output=True, text=True)
+    assert out.returncode == 0
+    text = " ".join(out.stdout.split())
+    for words in ("(default: 127.0.0.1)", "(default: 8080)", "(default: 1)",
+                  "FLASHSALE_ADMIN_TOKEN", "noeviction"):  # fmt: skip
+        assert words in text, words

@@ -10,8 +10,20 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis as redis_sync
 
 from flashsale.booking.lottery import Draw
+from flashsale.handoff_checks import (
+    EVENTS,
+    PAID_ONCE,
+    REASONS,
+    UNITS,
+    ExpectedEvents,
+    check_events,
+    units_check,
+)
+from flashsale.outbox.receiver import Arrival
+from flashsale.payments.simulator import Expect, Send
 from flashsale.settings import Settings
 from loadtest import checks
 from loadtest.rehearsal.identities import lottery_booking_no
@@ -55,9 +67,59 @@ def test_small_rehearsal_sells_out_and_the_verdict_holds(
     assert buy.get("bot: 201", 0) + bots["refused"] <= bots["requests"]
     assert report["postgres"]["pg_caught_up_after_sellout_s"] is not None
     assert (out / "chart.png").read_bytes()[:8] == PNG_SIGNATURE
+    # the checkout hand-off: the payment service misbehaved in every way it knows ...
+    pay = report["answers"]["POST /v1/payments/events"]
+    assert pay.get("repeated: 200 paid", 0) > 0
+    assert pay.get("paid_again: 200 paid", 0) > 0
+    assert pay.get("wrong_amount: 200 refund_required amount_mismatch", 0) > 0
+    late = report["late_payments"]
+    assert late["orders"] > 0
+    assert late["problems"] == {}
+    assert sum(late["answers"].values()) == late["orders"]
+    # ... every event reached the rehearsal's receiver, in order, soon after its change ...
+    events = report["events"]
+    assert events["source"] == "receiver"
+    assert events["arrived"] == events["expected"] > 2 * report["stock"]
+    assert events["missing"] == events["out_of_order"] == events["conflicting"] == 0
+    assert events["gap_s"] is not None
+    assert events["lag_max_s"] is not None
+    assert events["their_events_delivered_after_s"] is not None
+    # ... and each check is a line of the report and of report.json
+    assert [(c["check"], c["ok"]) for c in report["checks"]] == [
+        (name, True) for name in (PAID_ONCE, REASONS, EVENTS, UNITS)
+    ]
+    for name in (PAID_ONCE, REASONS, EVENTS, UNITS):
+        assert f"check: {name}: ok (" in done.stdout
+    assert "the last event delivered at" in done.stdout
     assert "verdict: all invariants hold" in done.stdout
-    # the rehearsal ran in this test's stores: its orders are in the test's database
+    # the headline is the sale window, the whole run second; one bottleneck call, with the
+    # CPU of every component on this machine as its evidence; every pool used from the front
+    assert report["headline"]["window"] == "from the opening second to the last unit"
+    assert report["timing"]["clock"].startswith("the service's")
+    assert report["p99_ms"] == report["headline"]["buy_p99_ms"]
+    assert report["failed_expectations"] == []
+    assert report["bottleneck"]["component"] in (
+        "service", "load generator", "redis", "postgres", "none", "unknown"
+    )  # fmt: skip
+    assert report["bottleneck"]["evidence"]
+    assert {"service", "load generator", "redis", "postgres"} <= set(
+        report["cpu"]["sale_window"]["cores"]
+    )
+    assert "generator_bound" not in report  # one call, not two that may disagree
+    assert "locust_cpu_warning" not in report
+    codes = report["crowd"]["pools"]["fcode_holders"]
+    assert codes["taken"] == codes["size"] == report["settings"]["codes"]
+    assert report["locust"]["why_they_differ"]
+    assert "HEADLINE, the sale window" in done.stdout
+    # the rehearsal ran in this test's stores, which it did not make: it removed its sale
     assert report["settings"]["key_prefix"] == settings.key_prefix
+    assert f"deleted sale {report['sale_id']}:" in done.stdout
+    client = redis_sync.Redis.from_url(settings.redis_url)
+    try:
+        pattern = f"{settings.key_prefix}:{{{report['sale_id']}}}:*"
+        assert not list(client.scan_iter(match=pattern)), "the sale's keys are removed"
+    finally:
+        client.close()
     assert not (out / "pool").exists(), "the tokens and F-codes of the run are removed"
 
 
@@ -128,4 +190,104 @@ def test_payment_answers_are_judged_by_their_bodies() -> None:
     assert judged(401, {"error": "invalid_signature", "message": "x"}) is not None
     assert checks.judge_pay(200, orjson.dumps(payment("paid", None)), order_id="s.o1").answer == (
         "200 paid"
+    )
+
+
+def _arrival(order: str, sequence: int, at: float, event_id: str | None = None) -> Arrival:
+    return Arrival(event_id or f"evt_{order}_{sequence}", order, "s", sequence, "order.x", at)
+
+
+# two orders: "a" with three events, "b" with two
+EXPECTED = ExpectedEvents(
+    versions={"a": 3, "b": 2},
+    ids={(o, n): f"evt_{o}_{n}" for o, last in (("a", 3), ("b", 2)) for n in range(1, last + 1)},
+    written_at={(o, n): 100.0 + n for o, last in (("a", 3), ("b", 2)) for n in range(1, last + 1)},
+    last_written_at=103.0,
+)
+
+
+def _judged(*arrivals: Arrival, ordered: bool = True) -> tuple[bool, str]:
+    check = check_events("s", arrivals, EXPECTED, ordered=ordered).check()
+    return check.ok, check.detail
+
+
+def test_the_events_verdict_holds_for_every_event_in_order_repeats_included() -> None:
+    arrivals = [_arrival("a", 1, 101.5), _arrival("b", 1, 101.6), _arrival("a", 2, 102.5),
+                _arrival("a", 2, 102.6), _arrival("b", 2, 102.7), _arrival("a", 3, 103.5),
+                Arrival("evt_other", "z", "another-sale", 1, "order.reserved", 103.6)]  # fmt: skip
+    findings = check_events("s", arrivals, EXPECTED)
+    assert findings.check().ok, findings.check().detail
+    assert (findings.arrived, findings.expected, findings.repeats) == (5, 5, 1)
+    assert findings.deliveries == 6  # another sale's event is not this sale's
+    assert findings.last_arrived_at == 103.5
+    assert findings.gap_s == pytest.approx(0.5)
+    # the last arrival of the events written by then
+    assert findings.delivered_by(EXPECTED, 101.0) == 101.6
+    assert findings.delivered_by(EXPECTED, 102.0) == 102.7
+    assert check_events("s", arrivals[:3], EXPECTED).delivered_by(EXPECTED, 102.0) is None
+
+
+def test_the_events_verdict_fails_for_a_missing_event() -> None:
+    ok, detail = _judged(_arrival("a", 1, 1), _arrival("a", 2, 2), _arrival("b", 1, 3),
+                         _arrival("b", 2, 4))  # fmt: skip
+    assert not ok
+    assert "1 missing, e.g. a#3" in detail
+    # pulled events are not held to the relay's order, but never to fewer events
+    ok, detail = _judged(_arrival("a", 1, 1), _arrival("a", 3, 2), _arrival("b", 1, 3),
+                         _arrival("b", 2, 4), ordered=False)  # fmt: skip
+    assert not ok
+    assert "1 missing, e.g. a#2" in detail
+
+
+def test_the_events_verdict_fails_for_an_event_out_of_order() -> None:
+    in_order = [_arrival("a", 1, 1), _arrival("a", 2, 2), _arrival("a", 3, 3),
+                _arrival("b", 1, 4), _arrival("b", 2, 5)]  # fmt: skip
+    swapped = [in_order[0], in_order[2], in_order[1], *in_order[3:]]
+    ok, detail = _judged(*swapped)
+    assert not ok
+    assert "out of order, e.g. a#3" in detail
+    assert _judged(*swapped, ordered=False)[0]  # pulled: the order is not the relay's promise
+    assert _judged(*in_order)[0]
+
+
+def test_the_events_verdict_fails_for_a_repeat_under_another_id_or_an_unknown_event() -> None:
+    base = [_arrival("a", 1, 1), _arrival("a", 2, 2), _arrival("a", 3, 3),
+            _arrival("b", 1, 4), _arrival("b", 2, 5)]  # fmt: skip
+    ok, detail = _judged(*base, _arrival("b", 2, 6, event_id="evt_else"))
+    assert not ok
+    assert "with two ids, e.g. b#2" in detail
+    ok, detail = _judged(*base, _arrival("b", 3, 6))
+    assert not ok
+    assert "unexpected, e.g. b#3" in detail
+    ok, detail = _judged(_arrival("a", 1, 1, event_id="evt_wrong"), *base[1:])
+    assert not ok
+    assert "with two ids, e.g. a#1" in detail
+    not_recorded = ExpectedEvents(versions={"a": 1}, ids={}, written_at={})
+    check = check_events("s", [_arrival("a", 1, 1)], not_recorded).check()
+    assert not check.ok
+    assert "not in the outbox, e.g. a#1" in check.detail
+
+
+def test_the_units_verdict_fails_above_the_stock() -> None:
+    assert units_check(10, [3, 10, 7]).ok
+    assert not units_check(10, [3, 11, 7]).ok
+    assert not units_check(10, []).ok  # nothing sampled: nothing shown
+
+
+def test_repeated_payments_are_judged_against_the_first_answer() -> None:
+    first = {"payment": {"order_id": "s.o1", "outcome": "paid", "reason": None, "late": False}}
+    again = Send("pay_1", "msg_1", 100, "USD", Expect.SAME)
+
+    def judged(body: dict[str, object]) -> str | None:
+        return checks.judge_pay(200, orjson.dumps(body), order_id="s.o1", send=again,
+                                previous=first["payment"]).problem  # fmt: skip
+
+    assert judged(first) is None
+    refund = {"order_id": "s.o1", "outcome": "refund_required", "reason": "already_paid"}
+    assert judged({"payment": refund}) == "the same payment answered differently the second time"
+    wrong = Send("pay_1", "msg_1", 101, "USD", Expect.AMOUNT_MISMATCH)
+    answer = orjson.dumps({"payment": {**refund, "reason": "amount_mismatch"}})
+    assert checks.judge_pay(200, answer, order_id="s.o1", send=wrong).problem is None
+    assert checks.judge_pay(200, orjson.dumps(first), order_id="s.o1", send=wrong).problem == (
+        "a wrong amount decided paid None"
     )

@@ -26,7 +26,7 @@ from flashsale.cli.events import parse_since
 from flashsale.ids import new_order_id
 from flashsale.outbox import receivers
 from flashsale.outbox.cursor import Cursor, read_after
-from flashsale.outbox.relay import Relay, RelayConfig
+from flashsale.outbox.relay import ANALYZE_FROM_ROWS, Relay, RelayConfig
 from flashsale.settings import Settings, SettingsError
 from flashsale.store.orders import OrderRow
 from flashsale.store.writer import OrderWriter
@@ -122,6 +122,25 @@ async def test_every_event_arrives_signed_once_and_in_order_per_order(
     assert [a.sequence for a in receiver.arrivals if a.order_id == per_order[0][0].order_id] == [
         1, 2,
     ]  # fmt: skip
+
+
+async def test_the_relay_gives_a_growing_outbox_statistics(
+    service: Service, receiver: Receiver
+) -> None:
+    """A launch fills outbox_deliveries long before autovacuum analyzes it, and without
+    statistics PostgreSQL planned the relay's queries to read every pending delivery per
+    candidate: the relay analyzes the table itself once what it took in has doubled."""
+    pool = service.services.pool
+    analyzed = "SELECT last_analyze FROM pg_stat_user_tables WHERE relname = 'outbox_deliveries'"
+    before = await pool.fetchval(analyzed)
+    _, per_order = await _sale_with_events(service, receiver.url, ANALYZE_FROM_ROWS, ("reserved",))
+    ids = await event_ids(pool, [rows[0] for rows in per_order])
+    async with running(pool, relay_config(receiver.url, batch_size=100)):
+        await _all_delivered(pool, receiver, ids)
+    after = await pool.fetchval(analyzed)
+    assert after is not None
+    assert before is None or after > before
+    _assert_clean(receiver)
 
 
 async def test_the_whole_way_from_a_buy_to_the_receiver(

@@ -3,8 +3,9 @@
 Every shopper books while booking is open; when the sale opens, the admitted ones buy and the
 others wait their turn, polling as the service tells them (202 with ``Retry-After``). Some
 booked shoppers never show up, so their places pass to the next in line when their admission
-window closes; winners pay at once (through the payment service, which notifies the engine) or
-cancel, and cancelled units go to the next in line too.
+window closes; winners pay at once (through the payment service, which notifies the engine; a
+late payer after the reservation expired) or cancel, and cancelled or expired units go to the
+next in line too.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from typing import Any
 import aiohttp
 
 from flashsale.auth import issue_token
-from flashsale.payments.simulator import PaymentService
+from flashsale.cli.demo_handoff import Handoff
+from flashsale.payments.simulator import Settlement
 from flashsale.settings import Settings
 
 BOOKINGS_PER_S = 1500  # a conservative booking rate, to give the crowd time to book
@@ -35,12 +37,13 @@ class QueueCrowd:
     cancelled: int = 0
     waited_s: list[float] = field(default_factory=list)  # first 202 to 201, per winner
     sold_out_at: float | None = None
+    settlements: list[Settlement] = field(default_factory=list)  # of the winners who paid
 
 
 async def run_queue_sale(
-    http: aiohttp.ClientSession, settings: Settings, payments: PaymentService, *,
+    http: aiohttp.ClientSession, settings: Settings, handoff: Handoff, *,
     admission: str, stock: int, shoppers: int, concurrency: int, pay_share: float,
-    no_show_share: float, window_s: int,
+    no_show_share: float, window_s: int, reservation_ttl_s: int, opening_window_ms: int = 0,
 ) -> tuple[str, QueueCrowd, int, float]:  # fmt: skip
     """Create the sale, book the crowd, run the launch; (sale id, crowd, booked, seconds)."""
     admin = {"Authorization": f"Bearer {settings.admin_token}"}
@@ -53,10 +56,12 @@ async def run_queue_sale(
         "price_cents": 79_900, "stock": stock, "per_user_limit": 1,
         "starts_at": opens.isoformat(), "ends_at": (opens + timedelta(hours=1)).isoformat(),
         "booking_opens_at": now.isoformat(), "booking_closes_at": opens.isoformat(),
-        "booking_required": True, "admission": admission,
+        "booking_required": True, "admission": admission, "reservation_ttl_s": reservation_ttl_s,
     }  # fmt: skip
     if admission != "arrival":
         spec["admission_window_s"] = window_s
+    elif opening_window_ms:  # the crowd at the opening gets tickets, then a random order
+        spec |= {"opening_window_ms": opening_window_ms, "admission_window_s": window_s}
     async with http.post("/v1/admin/sales", json=spec, headers=admin) as resp:
         if resp.status != 201:
             raise RuntimeError(f"could not create the sale: {resp.status} {await resp.text()}")
@@ -68,6 +73,7 @@ async def run_queue_sale(
     print(f"{booked} bookings taken; the sale opens in "
           f"{max(0.0, (opens - datetime.now(UTC)).total_seconds()):.1f}s")  # fmt: skip
     await asyncio.sleep(max(0.0, (opens - datetime.now(UTC)).total_seconds()))
+    handoff.watch(admin, sale_id)
 
     rng = random.Random(7)
     crowd = QueueCrowd()
@@ -76,7 +82,7 @@ async def run_queue_sale(
     started = time.perf_counter()
     # every shopper is there at once; the HTTP client's connection limit is the concurrency
     await asyncio.gather(*(
-        _shop_until_done(http, payments, sale_id, token, crowd, rng, pay_share, stock, started)
+        _shop_until_done(http, handoff, sale_id, token, crowd, rng, pay_share, stock, started)
         for token in showing
     ))  # fmt: skip
     return sale_id, crowd, booked, time.perf_counter() - started
@@ -100,7 +106,7 @@ async def _book_all(
 
 
 async def _shop_until_done(
-    http: aiohttp.ClientSession, payments: PaymentService, sale_id: str, token: str,
+    http: aiohttp.ClientSession, handoff: Handoff, sale_id: str, token: str,
     crowd: QueueCrowd, rng: random.Random, pay_share: float, stock: int, started: float,
 ) -> None:  # fmt: skip
     """One shopper: buy, and while queued wait as told and try again."""
@@ -126,10 +132,9 @@ async def _shop_until_done(
             crowd.waited_s.append(time.perf_counter() - first_queued)
         order = body["order"]
         if rng.random() < pay_share:  # the shop hands the order to the payment service
-            payment = await payments.pay(
-                order["order_id"], order["amount_cents"], order["currency"]
-            )
-            crowd.paid += payment["outcome"] == "paid"
+            settlement = await handoff.payments.settle(order)
+            crowd.settlements.append(settlement)
+            crowd.paid += settlement.paid
         else:
             async with http.post(f"/v1/orders/{order['order_id']}/cancel", headers=headers) as resp:
                 crowd.cancelled += resp.status == 200

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from flashsale.metrics.publish import publishing
 from flashsale.outbox.relay import Relay, RelayConfig
 from flashsale.settings import Settings
 from flashsale.store.database import open_pool
@@ -27,7 +28,9 @@ async def run_relay(settings: Settings) -> None:
     )
     log.info("order events relay started for %d receiver(s): %s", len(config.urls),
              ", ".join(config.urls))  # fmt: skip
+    relay = Relay(pool, config)
     try:
-        await Relay(pool, config).run()
+        async with publishing(settings.metrics, pool=pool, relay=relay):
+            await relay.run()
     finally:
         await pool.close()

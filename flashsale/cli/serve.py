@@ -12,6 +12,9 @@ killed outright.
 
 ``--single-process`` runs everything (HTTP, writer, sweeper) in one process instead; no relay
 (run ``flashsale relay`` beside it).
+
+Every child keeps its metrics in a directory the parent empties first (metrics/multiprocess.py),
+so that /metrics of any worker shows all of them added up.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from dataclasses import replace
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from flashsale.metrics import multiprocess
 from flashsale.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -114,6 +118,23 @@ def serve_supervised(
     """Run ``workers`` HTTP processes on one port, and the order writer (unless
     FLASHSALE_RUN_WRITER is off) and the order events relay (when FLASHSALE_WEBHOOK_URLS is
     set) in processes of their own, until SIGTERM or SIGINT."""
+    # before any child starts: each imports the metrics library with the directory set
+    metrics_dir = multiprocess.prepare() if settings.metrics else None
+    try:
+        return _supervise(settings, host, port, workers, verbose, metrics_dir)
+    finally:
+        if metrics_dir is not None:
+            multiprocess.remove(metrics_dir)
+
+
+def _supervise(
+    settings: Settings,
+    host: str,
+    port: int,
+    workers: int,
+    verbose: bool,
+    metrics_dir: multiprocess.MetricsDirectory | None,
+) -> int:
     # spawn, not fork: each child starts clean, with no loop or connection of the parent's.
     # The settings are resolved once here, so every child has the same secrets.
     context = multiprocessing.get_context("spawn")
@@ -149,6 +170,11 @@ def serve_supervised(
             if process.is_alive() and process.pid is not None:
                 process.terminate()
 
+    if metrics_dir is not None:
+        kinds = (
+            ["worker"] + ["writer"] * settings.run_writer + ["relay"] * bool(settings.webhook_urls)
+        )
+        multiprocess.started(kinds)
     running = [start(i) for i in range(len(starters))]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -160,6 +186,9 @@ def serve_supervised(
             if not process.is_alive() and not stopping:
                 log.error("%s %s ended (exit %s); starting another", process.name, process.pid,
                           process.exitcode)  # fmt: skip
+                if metrics_dir is not None:
+                    kind = process.name.removeprefix("flashsale-")
+                    multiprocess.process_ended(metrics_dir, process.pid, kind)
                 time.sleep(settings.restart_delay_s)
                 if not stopping:
                     running[i] = start(i)

@@ -6,6 +6,7 @@ import logging
 
 from flashsale.engine.connection import connect_redis
 from flashsale.engine.keys import Keyspace
+from flashsale.metrics.publish import publishing
 from flashsale.settings import Settings
 from flashsale.store.database import open_pool
 from flashsale.store.migrate import migration_parameters
@@ -33,7 +34,8 @@ async def run_writer(settings: Settings, consumer: str | None = None) -> None:
     )
     log.info("order writer %s started", writer.consumer)
     try:
-        await writer.run()
+        async with publishing(settings.metrics, pool=pool, writer=writer):
+            await writer.run()
     finally:
         await pool.close()
         await redis.aclose()

@@ -17,6 +17,14 @@ def initial_admissions(sale: SaleDefinition) -> int:
     return math.ceil(sale.public_stock * Fraction(repr(sale.booking.admission_ratio)))
 
 
+# Every field booking_fields() may write: an edit deletes those of the old policy first
+BOOKING_FIELD_NAMES = frozenset({
+    "admission", "bk_opens_ms", "bk_closes_ms", "bk_required", "bk_capacity", "adm_ratio",
+    "adm_window_s", "adm_slots", "adm_cursor", "adm_freed", "adm_rate", "adm_next_ms",
+    "lottery_seed", "lottery_keys",
+})  # fmt: skip
+
+
 def booking_fields(sale: SaleDefinition) -> dict[str, str | int]:
     """The sale hash fields of ``sale``'s booking policy; none without booking."""
     policy = sale.booking
@@ -48,13 +56,15 @@ def booking_policy(f: Mapping[str, str | None]) -> BookingPolicy | None:
     admission = f.get("admission")
     if not admission:
         return None
+    # the adm_* fields of an arrival sale are its opening window's, if any (opening/fields.py)
+    queued = Admission(admission).queued
     return BookingPolicy(
         opens_ms=int(f["bk_opens_ms"] or 0),
         closes_ms=int(f["bk_closes_ms"] or 0),
         admission=Admission(admission),
         required=f["bk_required"] == "1",
         capacity=int(f["bk_capacity"] or 0) or None,
-        admission_ratio=float(f["adm_ratio"] or 1.0),
-        admission_window_s=int(f["adm_window_s"] or 0),
+        admission_ratio=float(f["adm_ratio"] or 1.0) if queued else 1.0,
+        admission_window_s=int(f["adm_window_s"] or 0) if queued else 120,
         lottery_seed=f.get("lottery_seed") or None,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
@@ -19,6 +20,8 @@ from flashsale.engine.engine import Engine, retry_after_s
 from flashsale.engine.keys import booking_slot
 from flashsale.models import Admission, iso
 
+log = logging.getLogger(__name__)
+
 _BOOK_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "sale_not_found": errors.SaleNotFound,
     "booking_not_offered": errors.BookingNotOffered,
@@ -27,6 +30,7 @@ _BOOK_ERRORS: dict[str, type[errors.FlashsaleError]] = {
 _STATUS_FIELDS = (
     "state", "starts_ms", "ends_ms", "available", "reserved", "admission", "bookings",
     "adm_slots", "adm_cursor", "adm_window_s", "adm_rate", "adm_next_ms", "lottery_seed",
+    "fc_lane", "fcode_available",
 )  # fmt: skip
 
 
@@ -92,9 +96,13 @@ class Bookings:
         """Close ended admission windows and admit the next in line:
         (places freed, ranks admitted now, ranks admitted so far)."""
         k = self.keys.sale(sale_id)
-        freed, admitted, frontier = await self.scripts.admit(
+        freed, admitted, frontier, released = await self.scripts.admit(
             self.redis, [k.sale, k.waves, k.queue_bits, k.deadlines], []
         )
+        if int(released) >= 0:  # the F-code lane's release was made now (admit.lua)
+            log.info("sale %s: %d unredeemed F-code unit(s) passed to the public lane",
+                     sale_id, int(released))  # fmt: skip
+            self.engine.sold_out.clear(sale_id)
         return int(freed), int(admitted), int(frontier)
 
     async def status(self, sale_id: str, user_id: str) -> BookingStatus:
@@ -127,7 +135,9 @@ class Bookings:
             rank = _draw(seed, bookings).rank(booking_no) if now_ms >= starts_ms else None
         facts = QueueFacts(
             now_ms=now_ms, starts_ms=starts_ms, over=over,
-            exhausted=int(f["available"] or 0) <= 0 and int(f["reserved"] or 0) <= 0,
+            exhausted=int(f["available"] or 0) <= 0 and int(f["reserved"] or 0) <= 0
+            # F-code units still to pass to the public lane can come back too
+            and not (f["fc_lane"] not in (None, "closed") and int(f["fcode_available"] or 0) > 0),
             frontier=min(int(f["adm_slots"] or 0), bookings),
             everyone_admitted=int(f["adm_slots"] or 0) >= bookings,
             cursor=int(f["adm_cursor"] or 1), window_ms=int(f["adm_window_s"] or 0) * 1000,

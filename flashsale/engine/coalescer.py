@@ -20,6 +20,7 @@ one server.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any
 
 import hiredis
@@ -27,6 +28,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError, ResponseError
 
 from flashsale.engine.wire import Wire
+from flashsale.metrics.tally import TALLY
 
 Command = tuple[Any, ...]
 
@@ -70,6 +72,7 @@ class Coalescer:
 
     async def _send(self, batch: list[tuple[Command, asyncio.Future[Any]]]) -> None:
         packed = b"".join(hiredis.pack_command(command) for command, _ in batch)
+        started = time.perf_counter()
         try:
             try:
                 replies = await self._round_trip(packed, len(batch))
@@ -82,10 +85,12 @@ class Coalescer:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every caller hears of it
+            TALLY.redis_batch(time.perf_counter() - started, len(batch), exc)
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
             return
+        TALLY.redis_batch(time.perf_counter() - started, len(batch), None)  # one per batch
         for (_, future), reply in zip(batch, replies, strict=True):
             if future.done():  # the caller was cancelled meanwhile
                 continue

@@ -11,12 +11,13 @@ from typing import cast
 from redis.asyncio import Redis
 
 from flashsale import errors
-from flashsale.engine.booking_fields import booking_fields, booking_policy
+from flashsale.engine.booking_fields import BOOKING_FIELD_NAMES, booking_fields, booking_policy
 from flashsale.engine.coalescer import Coalescer
 from flashsale.engine.keys import Keyspace, SaleKeys, booking_slot
 from flashsale.engine.scripts import Scripts
 from flashsale.engine.sold_out import SoldOutGate
 from flashsale.engine.wire import Wire
+from flashsale.fcodes.release import RELEASE_FIELD_NAMES, release_fields
 from flashsale.ids import new_order_id, sale_of_order
 from flashsale.models import (
     DEFAULT_CURRENCY,
@@ -29,7 +30,10 @@ from flashsale.models import (
     SaleDefinition,
     SaleState,
     SaleView,
+    iso,
 )
+from flashsale.opening.fields import OPENING_FIELD_NAMES, opening_fields, opening_policy
+from flashsale.opening.tickets import Ticketed
 
 _SALE_FIELDS = (
     "sku", "name", "price_cents", "stock", "per_user_limit", "starts_ms", "ends_ms", "ttl_s",
@@ -37,7 +41,8 @@ _SALE_FIELDS = (
     "fcode_opens_ms", "fcode_available", "fcode_failures", "admission", "bk_opens_ms",
     "bk_closes_ms", "bk_required", "bk_capacity", "adm_ratio", "adm_window_s", "lottery_seed",
     "bookings", "adm_slots", "rl_user_rate", "rl_user_burst", "rl_addr_rate", "rl_addr_burst",
-    "currency", "paid_late",
+    "currency", "paid_late", "op_win_ms", "op_seed", "op_tickets", "fc_release_ms",
+    "fcode_released",
 )  # fmt: skip
 
 _CANCEL_ERRORS: dict[str, type[errors.FlashsaleError]] = {
@@ -50,12 +55,14 @@ _BUY_ERRORS: dict[str, type[errors.FlashsaleError]] = {
     "sale_not_found": errors.SaleNotFound,
     "sale_ended": errors.SaleEnded,
     "sale_not_open": errors.SaleNotOpen,
+    "sale_paused": errors.SalePaused,
     "idempotency_key_reused": errors.IdempotencyKeyReused,
     "fcode_invalid": errors.FcodeInvalid,
     "fcode_used": errors.FcodeUsed,
     "fcode_revoked": errors.FcodeRevoked,
     "booking_required": errors.BookingRequired,
     "admission_passed": errors.AdmissionPassed,
+    "fcode_lane_closed": errors.FcodeLaneClosed,
 }
 
 
@@ -137,31 +144,9 @@ class Engine:
         """Put a sale into Redis; False when it was armed already (nothing changes then)."""
         # Index first: a sale the writer cannot find would strand its orders in the stream.
         await self.redis.sadd(self.keys.sales_index, sale.sale_id)
-        fields: dict[str, str | int | float] = {
-            "sku": sale.sku,
-            "name": sale.name,
-            "price_cents": sale.price_cents,
-            "stock": sale.stock,
-            "per_user_limit": sale.per_user_limit,
-            "starts_ms": sale.starts_ms,
-            "ends_ms": sale.ends_ms,
-            "ttl_s": sale.reservation_ttl_s,
-            "state": state.value,
-            "fcode_stock": sale.fcode_stock,
-            "fcode_opens_ms": sale.fcode_opens_at_ms,
-            "available": sale.stock - sale.fcode_stock,
-            "fcode_available": sale.fcode_stock,
-            "rl_user_rate": sale.rate_per_user.rate,
-            "rl_user_burst": sale.rate_per_user.burst,
-            "rl_addr_rate": sale.rate_per_address.rate,
-            "rl_addr_burst": sale.rate_per_address.burst,
-            "currency": sale.currency,
-            **booking_fields(sale),
-        }
-        queued = sale.booking is not None and sale.booking.admission.queued
-        opening_wave = f"1:{sale.starts_ms}" if queued else ""
+        fields = {**sale_fields(sale), "state": state.value}
         args: list[str | int | float] = [
-            opening_wave,
+            opening_wave(sale),
             *(x for pair in fields.items() for x in pair),
         ]
         k = self.keys.sale(sale.sale_id)
@@ -193,7 +178,11 @@ class Engine:
             rate_per_user=_rate_limit(f, "user", DEFAULT_RATE_PER_USER),
             rate_per_address=_rate_limit(f, "addr", DEFAULT_RATE_PER_ADDRESS),
             currency=f["currency"] or self.default_currency,
+            opening=opening_policy(f),
+            fcode_release_ms=int(f["fc_release_ms"]) if f["fc_release_ms"] else None,
         )
+        # the queue's length: its bookings, or an opening window's tickets
+        queue_length = int(f["op_tickets"] or 0) if definition.opening else int(f["bookings"] or 0)
         counters = SaleCounters(
             available=int(f["available"]),
             reserved=int(f["reserved"]),
@@ -204,7 +193,9 @@ class Engine:
             fcode_failures=int(f["fcode_failures"] or 0),
             paid_late=int(f["paid_late"] or 0),
             bookings=int(f["bookings"] or 0),
-            admitted=min(int(f["adm_slots"] or 0), int(f["bookings"] or 0)),
+            admitted=min(int(f["adm_slots"] or 0), queue_length),
+            fcode_released=int(f["fcode_released"] or 0),
+            tickets=int(f["op_tickets"] or 0),
         )
         return SaleView(definition=definition, state=SaleState(f["state"]), counters=counters)
 
@@ -232,6 +223,50 @@ class Engine:
         if state is SaleState.ACTIVE:
             self.sold_out.clear(sale_id)
 
+    async def edit_sale(self, sale: SaleDefinition, *, needs_no_bookings: bool) -> None:
+        """Give a sale that has not opened yet the definition ``sale``, in one script (see
+        lua/edit_sale.lua); ``needs_no_bookings``: the change would strand bookings. Raises
+        SaleNotFound, SaleEnded (closed) or SaleNotEditable saying why not."""
+        fields = sale_fields(sale)
+        old_names = BOOKING_FIELD_NAMES | OPENING_FIELD_NAMES | RELEASE_FIELD_NAMES
+        dropped = sorted(old_names - fields.keys())
+        capacity = sale.booking.capacity or 0 if sale.booking is not None else 0
+        k = self.keys.sale(sale.sale_id)
+        result = await self.scripts.edit_sale(
+            self.redis,
+            [k.sale, k.waves],
+            [opening_wave(sale), int(needs_no_bookings), capacity, len(dropped), *dropped,
+             *(x for pair in fields.items() for x in pair)],
+        )  # fmt: skip
+        if result[0] != "ok":
+            raise _not_editable(sale.sale_id, "cannot be edited", result)
+        self._terms.pop(sale.sale_id, None)
+        self.sold_out.clear(sale.sale_id)
+
+    async def delete_sale(self, sale_id: str) -> None:
+        """Remove a sale that never opened and holds nothing (lua/delete_sale.lua), then take
+        it out of the index. Raises SaleNotFound or SaleNotEditable saying why not."""
+        k = self.keys.sale(sale_id)
+        result = await self.scripts.delete_sale(
+            self.redis,
+            [k.sale, k.holders, k.deadlines, k.events, k.dead_letters, k.fcodes, k.waves,
+             k.queue_holders, k.queue_bits, k.reported],
+            [],
+        )  # fmt: skip
+        if result[0] != "ok":
+            raise _not_editable(sale_id, "cannot be deleted", result)
+        await self.redis.srem(self.keys.sales_index, sale_id)
+        self._terms.pop(sale_id, None)
+        self.sold_out.clear(sale_id)
+
+    async def last_deadline_ms(self, sale_id: str) -> int | None:
+        """When the sale's last unpaid reservation expires; None when none is unpaid."""
+        last = cast(
+            list[tuple[str, float]],
+            await self.redis.zrange(self.keys.sale(sale_id).deadlines, -1, -1, withscores=True),
+        )
+        return int(last[0][1]) if last else None
+
     # -- orders --------------------------------------------------------------------------------
 
     async def buy(
@@ -243,12 +278,13 @@ class Engine:
         *,
         fcode_digest: str = "",
         client_address: str = "",
-    ) -> BuyOutcome | Queued:
+    ) -> BuyOutcome | Queued | Ticketed:
         """Reserve ``quantity`` units for ``user_id``, or raise the error saying why not.
 
         With ``fcode_digest`` the buy is in the F-code lane: the code is checked and consumed
         and the unit comes from the F-code stock. In a sale with a booking queue, a shopper not
-        yet admitted gets their place (:class:`Queued`) and nothing is reserved."""
+        yet admitted gets their place (:class:`Queued`) and nothing is reserved; in a sale with
+        an opening window, their ticket (:class:`Ticketed`)."""
         public = not fcode_digest
         # The memory answers only public buys without a key. An F-code buyer must still hear
         # about a wrong code, not "sold out" of the public lane; and a keyed buy may be the
@@ -272,6 +308,7 @@ class Engine:
                 k.fcode_failures_of_user(user_id), k.fcode_failures_of_address(client_address),
                 k.booking_bucket(bucket), k.waves, k.queue_holders, k.queue_bits,
                 k.requests_of_user(user_id), k.requests_of_address(client_address),
+                k.ticket_bucket(bucket), k.ticket_roll,
             ],
             [
                 user_id, quantity, order_id, fingerprint, self._idempotency_ttl_s, fcode_digest,
@@ -279,6 +316,8 @@ class Engine:
             ],
         )  # fmt: skip
         word = result[0]
+        if word == "ticketed":
+            return Ticketed.from_script(result)
         if word == "queued":
             _, ahead, booking_no, rate, next_ms, now = result
             return Queued(
@@ -431,6 +470,37 @@ class Engine:
         return len(due), int(expired)
 
 
+_LANES = {"sale": "the sale opened", "fcode": "its F-code lane opened",
+          "booking": "its booking opened", "queue": "its opening window opened"}  # fmt: skip
+
+
+def _not_editable(sale_id: str, what: str, result: list[str | int]) -> errors.FlashsaleError:
+    """The error of a refused edit or delete script: ``what`` is "cannot be edited" or
+    "cannot be deleted"."""
+    word = result[0]
+    if word == "sale_not_found":
+        return errors.SaleNotFound()
+    if word == "sale_ended":
+        return errors.SaleEnded(f"sale {sale_id!r} is closed: it {what}")
+    n = int(result[-1])
+    if word == "opened":
+        why = f"{_LANES[str(result[1])]} at {iso(n)}"
+        if what == "cannot be edited":
+            why += ": pause or close it instead"
+    elif word == "orders_exist":
+        why = f"{n} unit(s) of it were ordered"
+    elif word == "bookings_exist":
+        why = (f"{n} booking(s) were taken (imported): its booking policy, admission and "
+               "lottery seed stay as they are")  # fmt: skip
+    elif word == "above_capacity":
+        why = f"{n} booking(s) were taken (imported): booking_capacity may not be below that"
+    elif word == "fcodes_exist":
+        why = f"{n} F-code(s) were issued for it"
+    else:  # dead_letters_exist
+        why = f"{n} event(s) of it are set aside as dead letters"
+    return errors.SaleNotEditable(f"sale {sale_id!r} {what}: {why}")
+
+
 def _order_from_fields(
     order_id: str, sale_id: str, user_id: str, o: dict[str, str], terms: tuple[int, str]
 ) -> Order:
@@ -442,6 +512,43 @@ def _order_from_fields(
         expires_ms=int(o["expires_ms"]), updated_ms=int(o["updated_ms"]),
         campaign=o.get("campaign", ""), amount_cents=price * int(o["qty"]), currency=currency,
     )  # fmt: skip
+
+
+def sale_fields(sale: SaleDefinition) -> dict[str, str | int | float]:
+    """The sale hash fields of a sale that has sold nothing yet: its definition and its
+    starting counters (``state`` aside). Arming a sale writes them; so does an edit before
+    the sale opens."""
+    return {
+        "sku": sale.sku,
+        "name": sale.name,
+        "price_cents": sale.price_cents,
+        "stock": sale.stock,
+        "per_user_limit": sale.per_user_limit,
+        "starts_ms": sale.starts_ms,
+        "ends_ms": sale.ends_ms,
+        "ttl_s": sale.reservation_ttl_s,
+        "fcode_stock": sale.fcode_stock,
+        "fcode_opens_ms": sale.fcode_opens_at_ms,
+        "available": sale.stock - sale.fcode_stock,
+        "fcode_available": sale.fcode_stock,
+        "rl_user_rate": sale.rate_per_user.rate,
+        "rl_user_burst": sale.rate_per_user.burst,
+        "rl_addr_rate": sale.rate_per_address.rate,
+        "rl_addr_burst": sale.rate_per_address.burst,
+        "currency": sale.currency,
+        **booking_fields(sale),
+        **opening_fields(sale),  # after the booking's: an opening window's admission wins
+        **release_fields(sale),
+    }
+
+
+def opening_wave(sale: SaleDefinition) -> str:
+    """The admission wave of a queued sale's opening, "1:<starts_ms>" (an opening window's
+    queue: "1:<the window's close>"); "" for other sales."""
+    if sale.opening is not None:
+        return f"1:{sale.draw_ms}"
+    queued = sale.booking is not None and sale.booking.admission.queued
+    return f"1:{sale.starts_ms}" if queued else ""
 
 
 def now_ms() -> int:

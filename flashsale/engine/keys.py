@@ -9,7 +9,12 @@ key                                          type    contents and lifetime
 ==========================================  ======  ============================================
 ``<p>:sales``                                set     ids of armed sales (the writer and sweeper
                                                      walk it); kept
+``<p>:reporter``                             string  which process logs the sales' openings,
+                                                     sell-outs and summaries (engine/reporter.py);
+                                                     a lease of a few seconds, renewed
 ``<p>:{<sale>}:sale``                        hash    definition, state and unit counters; kept
+``<p>:{<sale>}:reported``                    string  the sale's status the log last told
+                                                     (engine/reporter.py); kept
 ``<p>:{<sale>}:holders``                     hash    user id -> units held (reserved + paid); kept
 ``<p>:{<sale>}:deadlines``                   zset    reserved order id -> expiry (ms); an entry
                                                      leaves when its order is paid or settled
@@ -33,6 +38,12 @@ key                                          type    contents and lifetime
 ``<p>:{<sale>}:bk:<bucket>``                 hash    bookings: user digest (10 bytes) -> booking
                                                      number; 2**17 buckets so each stays a small
                                                      listpack (about 20 bytes a booking); kept
+``<p>:{<sale>}:tk:<bucket>``                 hash    opening window tickets: user digest (as
+                                                     for bookings) -> ticket number; kept (see
+                                                     flashsale/opening/fields.py)
+``<p>:{<sale>}:tkroll``                      string  the same by ticket number: the 10-byte user
+                                                     digest of ticket t at offset 10 (t - 1);
+                                                     kept
 ``<p>:{<sale>}:waves``                       zset    admission waves: first queue rank -> member
                                                      "<first rank>:<admitted at ms>"; kept
 ``<p>:{<sale>}:qheld``                       hash    user id -> units held that were bought
@@ -84,6 +95,7 @@ class SaleKeys:
     waves: str
     queue_holders: str
     queue_bits: str
+    ticket_roll: str
     _base: str
 
     def order(self, order_id: str) -> str:
@@ -108,6 +120,14 @@ class SaleKeys:
     def booking_bucket(self, bucket: int) -> str:
         return f"{self._base}:bk:{bucket}"
 
+    def ticket_bucket(self, bucket: int) -> str:
+        """Opening window tickets, bucketed as bookings are (the same user digest)."""
+        return f"{self._base}:tk:{bucket}"
+
+    @property
+    def reported(self) -> str:
+        return f"{self._base}:reported"
+
     def payment(self, payment_id: str) -> str:
         return f"{self._base}:pay:{payment_id}"
 
@@ -124,6 +144,10 @@ class Keyspace:
     @property
     def sales_index(self) -> str:
         return f"{self.prefix}:sales"
+
+    @property
+    def reporter_lease(self) -> str:
+        return f"{self.prefix}:reporter"
 
     def sale(self, sale_id: str) -> SaleKeys:
         return _sale_keys(self.prefix, sale_id)
@@ -143,5 +167,6 @@ def _sale_keys(prefix: str, sale_id: str) -> SaleKeys:
         waves=f"{base}:waves",
         queue_holders=f"{base}:qheld",
         queue_bits=f"{base}:qbits",
+        ticket_roll=f"{base}:tkroll",
         _base=base,
     )

@@ -46,6 +46,8 @@ class Scripts:
 
     def __init__(self) -> None:
         self.arm_sale = LuaScript.load("arm_sale")
+        self.edit_sale = LuaScript.load("edit_sale")
+        self.delete_sale = LuaScript.load("delete_sale")
         self.set_state = LuaScript.load("set_state")
         self.buy = LuaScript.load("buy")
         self.cancel = LuaScript.load("cancel")

@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 
 from flashsale.engine.bookings import Bookings
 from flashsale.engine.engine import Engine
+from flashsale.engine.reporter import SaleReporter
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ class Sweeper:
     def __init__(self, engine: Engine, *, interval_s: float = 0.25, batch_size: int = 500) -> None:
         self.engine = engine
         self.bookings = Bookings(engine)
+        # the sales' openings, sell-outs and summaries in the log, from one sweeper at a time
+        self.reporter = SaleReporter(engine)
         self.interval_s = interval_s
         self.batch_size = batch_size
         self.expired = 0
@@ -32,6 +35,7 @@ class Sweeper:
         while True:
             try:
                 await self.sweep_once()
+                await self.reporter.tick()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as exc:

@@ -10,7 +10,8 @@ Only digests are stored; the plain codes exist in the caller's hands alone (the 
 HTTP answer), each beside its ``code_ref`` (see :func:`codes.code_ref`), which exports show.
 
 Codes that could never buy are not issued: for a sale that is closed or has ended (the F-code
-window runs from ``fcode_opens_at`` to the end), or that sets no units aside for F-codes.
+window runs from ``fcode_opens_at`` to the end, or to ``fcode_release_at``), or that sets no
+units aside for F-codes.
 Codes that may well not buy are issued with a warning: more usable codes than F-code units
 left, a paused sale, users who already hold a code of the sale.
 """
@@ -114,7 +115,8 @@ async def check_sale(pool: asyncpg.Pool, engine: Engine, sale_id: str) -> SaleVi
 
 async def refuse_useless(engine: Engine, view: SaleView) -> None:
     """Codes of this sale could never buy anything: a closed or ended sale (the F-code window
-    ends with the sale), or one without F-code units (``fcode_stock`` is fixed at creation)."""
+    ends with the sale), one without F-code units (``fcode_stock`` is fixed at creation), or
+    one whose F-code units passed to the public (``fcode_release_at``)."""
     d = view.definition
     seconds, micros = await engine.redis.time()
     now_ms = seconds * 1000 + micros // 1000
@@ -127,6 +129,11 @@ async def refuse_useless(engine: Engine, view: SaleView) -> None:
         raise errors.Conflict(
             f"sale {d.sale_id!r} sets no units aside for F-codes (its fcode_stock is 0): "
             f"{nothing}. F-code units are set when a sale is created (fcode_stock)"
+        )
+    if d.fcode_release_ms is not None and now_ms >= d.fcode_release_ms:
+        raise errors.FcodeLaneClosed(
+            f"sale {d.sale_id!r} passed its F-code units to the public at "
+            f"{iso(d.fcode_release_ms)} (fcode_release_at): {nothing}"
         )
 
 

@@ -12,7 +12,9 @@ from aiohttp import web
 from flashsale import errors
 from flashsale.booking import lottery
 from flashsale.engine.engine import now_ms
+from flashsale.http import sale_options
 from flashsale.http.responses import json_response
+from flashsale.http.sale_warnings import sale_warnings
 from flashsale.http.services import SERVICES, Services
 from flashsale.http.validation import (
     boolean,
@@ -34,6 +36,8 @@ from flashsale.models import (
     RateLimit,
     SaleDefinition,
     SaleState,
+    SaleView,
+    iso,
 )
 from flashsale.store import bookings as booking_store
 from flashsale.store import dead_letters
@@ -55,7 +59,7 @@ _RATE_FIELDS = frozenset({
 _SALE_FIELDS = frozenset({
     "sale_id", "sku", "name", "price_cents", "stock", "per_user_limit", "starts_at", "ends_at",
     "reservation_ttl_s", "fcode_stock", "fcode_opens_at", "currency", *_BOOKING_FIELDS,
-    *_RATE_FIELDS,
+    *_RATE_FIELDS, *sale_options.OPTION_FIELDS,
 })  # fmt: skip
 _CURRENCY = re.compile(r"\A[A-Z]{3}\Z")
 
@@ -91,6 +95,7 @@ def parse_sale(
     )
     if fcode_opens_ms is not None and fcode_opens_ms >= ends_ms:
         raise errors.InvalidRequest("'fcode_opens_at' must be before 'ends_at'")
+    booking = _parse_booking(body, starts_ms, ends_ms)
     return SaleDefinition(
         sale_id=sale_id,
         sku=text(body, "sku", max_len=64),
@@ -105,10 +110,14 @@ def parse_sale(
         ),
         fcode_stock=fcode_stock,
         fcode_opens_ms=fcode_opens_ms,
-        booking=_parse_booking(body, starts_ms, ends_ms),
+        booking=booking,
         rate_per_user=_parse_rate(body, "user", DEFAULT_RATE_PER_USER),
         rate_per_address=_parse_rate(body, "address", DEFAULT_RATE_PER_ADDRESS),
         currency=_parse_currency(body, default_currency),
+        opening=sale_options.parse_opening(body, starts_ms, ends_ms, booking),
+        fcode_release_ms=sale_options.parse_fcode_release(
+            body, fcode_stock, starts_ms if fcode_opens_ms is None else fcode_opens_ms, ends_ms
+        ),
     )
 
 
@@ -152,6 +161,8 @@ def _parse_rate(body: dict[str, object], who: str, default: RateLimit) -> RateLi
 
 def _parse_booking(body: dict[str, object], starts_ms: int, ends_ms: int) -> BookingPolicy | None:
     given = _BOOKING_FIELDS & body.keys()
+    if sale_options.opening_requested(body):  # the window's queue takes the queue fields
+        given -= _QUEUE_FIELDS
     if not given:
         return None
     opens_ms = timestamp_ms(body, "booking_opens_at")
@@ -176,7 +187,7 @@ def _parse_booking(body: dict[str, object], starts_ms: int, ends_ms: int) -> Boo
     if not admission.queued and given & _QUEUE_FIELDS:
         raise errors.InvalidRequest(
             "'admission_ratio' and 'admission_window_s' apply only to admission "
-            "'booking_order' or 'lottery'"
+            "'booking_order' or 'lottery', or to a sale with an 'opening_window_ms'"
         )
     if admission is not Admission.LOTTERY and "lottery_seed" in given:
         raise errors.InvalidRequest("'lottery_seed' applies only to admission 'lottery'")
@@ -189,17 +200,22 @@ def _parse_booking(body: dict[str, object], starts_ms: int, ends_ms: int) -> Boo
         capacity=None
         if capacity is None
         else integer(body, "booking_capacity", minimum=1, maximum=1_000_000_000),
-        admission_ratio=number(body, "admission_ratio", default=1.0, minimum=0.01, maximum=1000.0),
+        admission_ratio=number(body, "admission_ratio", default=1.0, minimum=0.01, maximum=1000.0)
+        if admission.queued
+        else 1.0,
         admission_window_s=integer(
             body, "admission_window_s", default=120, minimum=1, maximum=86_400
-        ),
+        )
+        if admission.queued
+        else 120,
         lottery_seed=(text(body, "lottery_seed", max_len=128) if "lottery_seed" in body else None),
     )
 
 
 def with_lottery_seed(sale: SaleDefinition, stored: SaleDefinition | None) -> SaleDefinition:
     """A lottery sale created without a seed gets a fresh random one, or, when the create is
-    being repeated, the one it got the first time."""
+    being repeated, the one it got the first time. So does an opening window's seed."""
+    sale = sale_options.with_opening_seed(sale, stored)
     policy = sale.booking
     if policy is None or policy.admission is not Admission.LOTTERY or policy.lottery_seed:
         return sale
@@ -216,6 +232,12 @@ async def create_sale(request: web.Request) -> web.Response:
         request, services.settings.admin_max_body_bytes, services.settings.body_timeout_s
     )
     requested = parse_sale(body, default_currency=services.settings.default_currency)
+    now = now_ms()
+    if requested.ends_ms <= now:
+        raise errors.InvalidRequest(
+            f"'ends_at' {iso(requested.ends_ms)} is in the past: the sale would be over before "
+            "it began"
+        )
     sale = with_lottery_seed(requested, None)
     # PostgreSQL holds the definition; Redis is armed from it. A create interrupted between the
     # two is completed by repeating it: same definition, not yet armed -> armed now.
@@ -230,7 +252,9 @@ async def create_sale(request: web.Request) -> web.Response:
         raise errors.SaleExists()
     view = await services.engine.get_sale(sale.sale_id)
     log.info("sale %s created: %d units of %s", sale.sale_id, sale.stock, sale.sku)
-    return json_response({"sale": view.admin_json(now_ms())}, status=201)
+    return json_response(
+        {"sale": view.admin_json(now_ms()), "warnings": sale_warnings(sale, now)}, status=201
+    )
 
 
 async def _set_state(request: web.Request, state: SaleState) -> web.Response:
@@ -239,8 +263,31 @@ async def _set_state(request: web.Request, state: SaleState) -> web.Response:
     await services.engine.set_state(sale_id, state)
     await sale_store.update_state(services.pool, sale_id, state)
     view = await services.engine.get_sale(sale_id)
-    log.info("sale %s: state %s", sale_id, state.value)
-    return json_response({"sale": view.admin_json(now_ms())})
+    log.info("sale %s: %s", sale_id, _STATE_LOG[state])
+    answer: dict[str, object] = {"sale": view.admin_json(now_ms())}
+    if state is not SaleState.ACTIVE:
+        answer["note"] = _unpaid_note(state, view, await services.engine.last_deadline_ms(sale_id))
+    return json_response(answer)
+
+
+_STATE_LOG = {SaleState.ACTIVE: "resumed", SaleState.PAUSED: "paused", SaleState.CLOSED: "closed"}
+
+
+def _unpaid_note(state: SaleState, view: SaleView, last_deadline_ms: int | None) -> str:
+    """What a pause or a close does to the reservations not yet paid."""
+    if state is SaleState.PAUSED:
+        head = ("Paused: shoppers are refused with 409 sale_paused until it is resumed; "
+                "nothing is reserved meanwhile.")  # fmt: skip
+    else:
+        head = ("Closed for good: nothing more is sold, and units that come back are not sold "
+                "again.")  # fmt: skip
+    reserved = view.counters.reserved
+    if not reserved or last_deadline_ms is None:
+        return f"{head} No reservation is waiting for payment."
+    return (
+        f"{head} {reserved} unit(s) reserved and unpaid can still be paid or cancelled until "
+        f"their reservations expire (the last at {iso(last_deadline_ms)})."
+    )
 
 
 async def pause_sale(request: web.Request) -> web.Response:
@@ -261,7 +308,8 @@ async def sale_stats(request: web.Request) -> web.Response:
     view = await services.engine.get_sale(sale_id)
     in_postgres = await order_store.count_by_status(services.pool, sale_id)
     refused = await dead_letters.count(services.engine.redis, services.engine.keys.sale(sale_id))
-    c = view.counters
+    c, d = view.counters, view.definition
+    last_deadline = await services.engine.last_deadline_ms(sale_id)
     queue = {}
     if view.definition.booking is not None:
         queue = {
@@ -271,17 +319,37 @@ async def sale_stats(request: web.Request) -> web.Response:
         if view.definition.booking.admission.queued:
             admitted = c.admitted if now_ms() >= view.definition.starts_ms else 0
             queue |= {"admitted": admitted, "waiting": c.bookings - admitted}
+    if d.opening is not None:  # an opening window's queue: its tickets
+        admitted = c.admitted if now_ms() >= d.draw_ms else 0
+        queue |= {"tickets": c.tickets, "admitted": admitted, "waiting": c.tickets - admitted}
     return json_response({
         "stats": {
             "sale_id": sale_id,
+            "name": d.name,
             "status": view.status(now_ms()).value,
-            "stock": view.definition.stock,
+            "control": view.state.value,
+            "starts_at": iso(d.starts_ms),
+            "ends_at": iso(d.ends_ms),
+            # units: available + fcode_available + reserved + paid == stock, always
+            "stock": d.stock,
             "available": c.available,
+            "fcode_stock": d.fcode_stock,
+            "fcode_available": c.fcode_available,
+            # F-code units passed to the public lane (in "available") by the lane's release
+            "fcode_released": c.fcode_released,
             "reserved": c.reserved,
             "paid": c.paid,
-            "paid_late": c.paid_late,
+            "units_add_up": c.available + c.fcode_available + c.reserved + c.paid == d.stock,
+            # units that came back (they may have sold again), and of the paid, those bought
+            # by a payment after their reservation expired (counted in expired too)
             "expired": c.expired,
             "cancelled": c.cancelled,
+            "paid_late": c.paid_late,
+            # units taken from the stock so far, by reservations and late payments: a unit
+            # that came back and sold again counts again (its rate is the sale's pace)
+            "sold_total": c.reserved + c.paid + c.expired + c.cancelled,
+            "last_reservation_expires_at": None if last_deadline is None else iso(last_deadline),
+            "fcode_failures": c.fcode_failures,
             "orders_in_postgres": in_postgres,
             # events PostgreSQL refused for good: `flashsale deadletters` shows them
             "dead_letters": refused,

@@ -21,6 +21,7 @@ from flashsale.engine.wire import Wire
 from flashsale.http.middlewares import errors_middleware
 from flashsale.http.routes import setup_routes
 from flashsale.http.services import SERVICES, Services
+from flashsale.metrics import http as metrics_http
 from flashsale.settings import ConfirmMode, Settings
 from flashsale.store.confirm import GroupCommitter
 from flashsale.store.database import open_pool
@@ -34,7 +35,10 @@ BACKGROUND_TASKS = web.AppKey("background_tasks", list[asyncio.Task[None]])
 
 def create_app(settings: Settings) -> web.Application:
     app = web.Application(
-        middlewares=[errors_middleware],
+        # counting first: it sees every answer, the errors middleware's included
+        middlewares=[metrics_http.count_requests, errors_middleware]
+        if settings.metrics
+        else [errors_middleware],
         client_max_size=settings.admin_max_body_bytes,
         handler_args={
             # after an early answer (408, 413) aiohttp reads what is left of the body before
@@ -53,6 +57,8 @@ def create_app(settings: Settings) -> web.Application:
     setup_routes(app)
     app.cleanup_ctx.append(_services_ctx(settings))
     app.cleanup_ctx.append(_background_ctx)
+    if settings.metrics:
+        metrics_http.setup(app)
     return app
 
 
@@ -126,6 +132,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
             reclaim_idle_ms=settings.writer_reclaim_idle_ms,
         )
         jobs.append(("order writer", writer.run))
+        metrics_http.follow(app, writer=writer)
     if settings.run_sweeper:
         sweeper = Sweeper(
             services.engine,
@@ -133,6 +140,7 @@ async def _background_ctx(app: web.Application) -> AsyncIterator[None]:
             batch_size=settings.sweeper_batch_size,
         )
         jobs.append(("expiry sweeper", sweeper.run))
+        metrics_http.follow(app, sweeper=sweeper)
     if services.committer is not None:
         jobs.append(("group committer", services.committer.run))
     tasks = [asyncio.create_task(_supervised(name, job), name=name) for name, job in jobs]

@@ -12,7 +12,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from flashsale.errors import FlashsaleError, InvalidRequest
 from flashsale.http.decoding import ACCEPTED_ENCODINGS
-from flashsale.http.responses import json_response
+from flashsale.http.responses import ERROR_CODE, json_response
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,9 @@ _BODILESS_METHODS = frozenset({"GET", "HEAD"})
 
 
 def error_response(status: int, code: str, message: str) -> web.Response:
-    return json_response({"error": code, "message": message}, status=status)
+    response = json_response({"error": code, "message": message}, status=status)
+    response[ERROR_CODE] = code
+    return response
 
 
 def answer_error(exc: FlashsaleError) -> web.Response:

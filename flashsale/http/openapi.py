@@ -41,6 +41,9 @@ ORDER = {
     },
 }
 
+# where a sale stands: the one word answers use for it
+_STATUSES = ["scheduled", "open", "paused", "sold_out", "ended"]
+
 SALE = {
     "type": "object",
     "required": ["sale_id", "stock", "available", "status", "starts_at", "ends_at"],
@@ -49,7 +52,9 @@ SALE = {
         "currency": {"type": "string", "pattern": "^[A-Z]{3}$"},
         "stock": {"type": "integer"},
         "available": {"type": "integer"},
-        "status": {"enum": ["scheduled", "open", "paused", "sold_out", "ended"]},
+        "status": {"enum": _STATUSES},
+        # admin answers only: what the operator set (pause, resume, close)
+        "control": {"enum": ["active", "paused", "closed"]},
         "starts_at": _TIME,
         "ends_at": _TIME,
     },
@@ -90,9 +95,41 @@ SALE_CREATE = {
         "admission_ratio": {"type": "number", "minimum": 0.01, "maximum": 1000},
         "admission_window_s": {"type": "integer", "minimum": 1, "maximum": 86_400},
         "lottery_seed": {"type": "string", "minLength": 1, "maxLength": 128},
+        # arrival admission only (no booking, or admission "arrival"); 0: no window
+        "opening_window_ms": {"type": "integer", "minimum": 0, "maximum": 3_600_000},
+        "opening_seed": {"type": "string", "minLength": 1, "maxLength": 128},
+        "fcode_release_at": _TIME,
         **RATE_FIELDS,
     },
 }
+
+# PATCH /v1/admin/sales/{id}: any field of a create but the id; null puts it back to its default
+SALE_EDIT = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        name: {"anyOf": [schema, {"type": "null"}]}
+        for name, schema in SALE_CREATE["properties"].items()  # type: ignore[attr-defined]
+        if name != "sale_id"
+    },
+}
+
+_STATUS_WORD = "(?:" + "|".join(_STATUSES) + ")"
+SALES_QUERY = [
+    {
+        "name": "status",
+        "in": "query",
+        "required": False,
+        "description": "only sales of these statuses, separated by commas",
+        "schema": {"type": "string", "pattern": f"^{_STATUS_WORD}(?:,{_STATUS_WORD})*$"},
+    },
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "schema": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100},
+    },
+]
 
 BUY = {
     "type": "object",
@@ -204,6 +241,31 @@ EVENTS_QUERY = [
     },
 ]
 
+OPENING = {
+    "type": "object",
+    "required": ["sale_id", "method", "seed", "seed_sha256", "window_tickets", "tickets",
+                 "ordered_list_sha256"],
+    "properties": {
+        "sale_id": {"type": "string"},
+        "method": {"type": "string"},
+        "window_ms": {"type": "integer"},
+        "queue_opened_at": _TIME,
+        "drawn_at": _TIME,
+        "seed": {"type": "string"},
+        "seed_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+        "window_tickets": {"type": "integer", "minimum": 0},
+        "tickets": {"type": "integer", "minimum": 0},
+        "ordered_list_sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+    },
+}  # fmt: skip
+
+TICKETS_FORMAT = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"enum": ["csv", "jsonl"], "default": "csv"},
+}
+
 FCODES = {
     "type": "object",
     "additionalProperties": False,
@@ -266,6 +328,11 @@ IDEMPOTENCY_KEY = {
 def openapi_spec() -> dict[str, Any]:
     order = _answer("the order", _wrapped("order", ORDER))
     sale = _answer("the sale", _wrapped("sale", SALE))
+    with_warnings = {
+        "type": "object",
+        "required": ["sale", "warnings"],
+        "properties": {"sale": SALE, "warnings": {"type": "array", "items": {"type": "string"}}},
+    }
     return {
         "openapi": "3.1.0",
         "info": {
@@ -299,6 +366,15 @@ def openapi_spec() -> dict[str, Any]:
                     {"201": order, "202": _answer("queued: not yet admitted", _OBJECT)},
                     body=BUY,
                     params=[*SALE_PATH, IDEMPOTENCY_KEY],
+                ),
+            },
+            "/v1/sales/{sale_id}/opening": {
+                "get": _op(
+                    "The opening window's draw: method, seed, its commitment, the number of "
+                    "tickets and the SHA-256 of the ordered list (409 until the window closes)",
+                    {"200": _answer("the draw", _wrapped("opening", OPENING))},
+                    params=SALE_PATH,
+                    security=None,
                 ),
             },
             "/v1/sales/{sale_id}/bookings": {
@@ -345,7 +421,60 @@ def openapi_spec() -> dict[str, Any]:
                 ),
             },
             "/v1/admin/sales": {
-                "post": _op("Create a sale", {"201": sale}, body=SALE_CREATE, security="admin"),
+                "post": _op(
+                    "Create a sale",
+                    {"201": _answer("the sale, and warnings", with_warnings)},
+                    body=SALE_CREATE,
+                    security="admin",
+                ),
+                "get": _op(
+                    "The sales, the latest start first",
+                    {
+                        "200": _answer(
+                            "the sales; not_armed: sales PostgreSQL has and Redis not",
+                            {
+                                "type": "object",
+                                "required": ["sales", "not_armed"],
+                                "properties": {
+                                    "sales": {"type": "array", "items": SALE},
+                                    "not_armed": {"type": "array", "items": {"type": "string"}},
+                                },
+                            },
+                        )
+                    },
+                    security="admin",
+                    params=SALES_QUERY,
+                ),
+            },
+            "/v1/admin/sales/{sale_id}": {
+                "get": _op(
+                    "A sale, as its operator sees it",
+                    {"200": sale},
+                    security="admin",
+                    params=SALE_PATH,
+                ),
+                "patch": _op(
+                    "Correct a sale before it opens (and before its F-code lane and booking do)",
+                    {"200": _answer("the sale, and warnings", with_warnings)},
+                    body=SALE_EDIT,
+                    security="admin",
+                    params=SALE_PATH,
+                ),
+                "delete": _op(
+                    "Delete a sale that never opened and holds no order, booking or F-code",
+                    {
+                        "200": _answer(
+                            "deleted",
+                            {
+                                "type": "object",
+                                "required": ["deleted"],
+                                "properties": {"deleted": {"type": "string"}},
+                            },
+                        )
+                    },
+                    security="admin",
+                    params=SALE_PATH,
+                ),
             },
             **{
                 f"/v1/admin/sales/{{sale_id}}/{action}": {
@@ -358,13 +487,29 @@ def openapi_spec() -> dict[str, Any]:
                     ),
                 }
                 for action in ("pause", "resume", "close")
-            },
+            },  # pause and close also answer a "note" on the reservations not yet paid
             "/v1/admin/sales/{sale_id}/stats": {
                 "get": _op(
                     "A sale's numbers in Redis and PostgreSQL",
                     {"200": _answer("the numbers", _wrapped("stats", _OBJECT))},
                     security="admin",
                     params=SALE_PATH,
+                ),
+            },
+            "/v1/admin/sales/{sale_id}/opening/tickets": {
+                "get": _op(
+                    "Every ticket of the opening window in rank order (CSV or JSON lines)",
+                    {
+                        "200": {
+                            "description": "rank, ticket, user_digest, drawn; one a line",
+                            "content": {
+                                "text/csv": {"schema": {"type": "string"}},
+                                "application/jsonl": {"schema": {"type": "string"}},
+                            },
+                        }
+                    },
+                    security="admin",
+                    params=[*SALE_PATH, TICKETS_FORMAT],
                 ),
             },
             "/v1/admin/events": {

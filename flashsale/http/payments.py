@@ -21,6 +21,7 @@ from flashsale import errors
 from flashsale.engine.engine import now_ms
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
+from flashsale.metrics.tally import TALLY
 from flashsale.payments import decide, notifications, store
 
 log = logging.getLogger(__name__)
@@ -43,8 +44,11 @@ async def payment_event(request: web.Request) -> web.Response:
         payment = await store.record_without_sale(services.pool, notice, received_ms)
     else:
         payment = decided.payment
-        if services.committer is not None:
-            await _confirm_in_postgres(services, payment)
+    if decided is None or not decided.replayed:  # counted once, when decided
+        late = payment.late and payment.outcome == store.PAID
+        TALLY.payment("paid_late" if late else payment.outcome, payment.reason or "none")
+    if decided is not None and services.committer is not None:
+        await _confirm_in_postgres(services, payment)
     if payment.reason is not None and (decided is None or not decided.replayed):
         # money to give back: worth a line (a paid order is one of thousands)
         log.info("payment %s for order %s: refund required (%s)", payment.payment_id,

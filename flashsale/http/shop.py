@@ -11,6 +11,7 @@ from flashsale import errors
 from flashsale.booking.status import estimate_wait_s
 from flashsale.engine.engine import BuyOutcome, Queued, now_ms
 from flashsale.fcodes import codes
+from flashsale.http.opening import ticketed_response
 from flashsale.http.responses import json_response
 from flashsale.http.services import SERVICES, Services
 from flashsale.http.validation import (
@@ -21,6 +22,7 @@ from flashsale.http.validation import (
     reject_unknown,
 )
 from flashsale.models import Order, OrderStatus
+from flashsale.opening.tickets import Ticketed
 from flashsale.store.orders import OrderRow
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,8 @@ async def buy(request: web.Request) -> web.Response:
     )  # fmt: skip
     if isinstance(outcome, Queued):
         return _queued_response(outcome)
+    if isinstance(outcome, Ticketed):
+        return ticketed_response(outcome)
     if services.committer is not None:
         await _confirm_in_postgres(services, outcome, key, fcode_digest)
     response = json_response({"order": outcome.order.to_json()}, status=201)

@@ -180,18 +180,26 @@ def text(body: dict[str, Any], name: str, *, max_len: int = 200,
     return value
 
 
+# the one time format of the API, as error messages state it
+TIME_FORMAT = 'an ISO 8601 time with a UTC offset, as a string, e.g. "2026-11-22T10:00:00+08:00"'
+
+
 def timestamp_ms(body: dict[str, Any], name: str) -> int:
-    """An ISO 8601 time with an explicit offset, as epoch milliseconds."""
+    """An ISO 8601 time with an explicit offset, as epoch milliseconds. Nothing else: an epoch
+    number could be seconds or milliseconds, and a time without an offset could be anywhere."""
+    value = body.get(name)
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        raise InvalidRequest(f"'{name}' must be {TIME_FORMAT}; epoch numbers are not accepted")
     raw = text(body, name, max_len=64)
     try:
-        value = datetime.fromisoformat(raw)
+        moment = datetime.fromisoformat(raw)
     except ValueError:
-        raise InvalidRequest(
-            f"'{name}' must be an ISO 8601 time, e.g. 2026-11-22T10:00:00+08:00"
-        ) from None
-    if value.tzinfo is None:
+        epoch = raw.strip().replace(".", "", 1).isdigit()  # "1795000000" in quotes
+        why = "; epoch numbers are not accepted" if epoch else ""
+        raise InvalidRequest(f"'{name}' must be {TIME_FORMAT}{why}") from None
+    if moment.tzinfo is None:
         raise InvalidRequest(f"'{name}' must carry a UTC offset, e.g. +00:00 or Z")
-    ms = datetime_to_ms(value)
+    ms = datetime_to_ms(moment)
     if not _EARLIEST_MS <= ms <= _LATEST_MS:
         raise InvalidRequest(f"'{name}' must fall between 2000-01-01 and 9999-01-01 (UTC)")
     return ms

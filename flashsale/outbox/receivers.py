@@ -168,6 +168,12 @@ async def intake(pool: asyncpg.Pool, url: str, limit: int) -> int:
         return taken
 
 
+async def remove(conn: asyncpg.Connection | asyncpg.Pool, url: str) -> None:
+    """Forget ``url`` and its deliveries: a receiver that is gone for good (the demo's, on a
+    port of its own)."""
+    await conn.execute("DELETE FROM webhook_receivers WHERE url = $1", url)
+
+
 async def disable(conn: asyncpg.Connection, url: str, reason: str) -> None:
     await conn.execute(
         "UPDATE webhook_receivers SET disabled_at = now(), disabled_reason = $2"

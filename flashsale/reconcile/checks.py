@@ -145,19 +145,27 @@ def held_units(orders: dict[str, OrderRow]) -> dict[str, int]:
 
 
 def expected_counters(redis: RedisSide) -> dict[str, int]:
-    """The sale hash's unit counters as the orders say they must be."""
+    """The sale hash's unit counters as the orders say they must be. Once the F-code lane has
+    been released (fc_lane "closed"), every F-code unit not held by an F-code order has passed
+    to the public lane, and ``fcode_released`` counts them."""
     u = held_units(redis.orders)
     public_stock = redis.counter("stock") - redis.counter("fcode_stock")
     reserved = u.get("public_reserved", 0) + u.get("fcode_reserved", 0)
     paid = u.get("public_paid", 0) + u.get("fcode_paid", 0)
-    return {
+    fcode_free = redis.counter("fcode_stock") - u.get("fcode_reserved", 0) - u.get("fcode_paid", 0)
+    counters = {
         "reserved": reserved,
         "paid": paid,
         "available": public_stock - u.get("public_reserved", 0) - u.get("public_paid", 0),
-        "fcode_available": redis.counter("fcode_stock")
-        - u.get("fcode_reserved", 0)
-        - u.get("fcode_paid", 0),
+        "fcode_available": fcode_free,
     }
+    if redis.sale.get("fc_lane") == "closed":
+        counters |= {
+            "available": counters["available"] + fcode_free,
+            "fcode_available": 0,
+            "fcode_released": fcode_free,
+        }
+    return counters
 
 
 def _units(report: Report, redis: RedisSide) -> None:
@@ -171,9 +179,11 @@ def _units(report: Report, redis: RedisSide) -> None:
         text = "; ".join(f"{n} {have} (orders say {want})" for n, (have, want) in wrong.items())
         report.findings.append(Finding("units_differ", text, repairable=True))
     else:
+        released = expected.get("fcode_released")
         report.checked.append(
             "units: available {available} + F-code {fcode_available} + reserved {reserved} "
             "+ paid {paid} = stock".format(**expected)
+            + ("" if released is None else f" ({released} F-code unit(s) passed to the public)")
         )
 
 

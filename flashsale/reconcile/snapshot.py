@@ -21,7 +21,7 @@ from flashsale.store.orders import OrderRow
 _ORDER_FIELDS = ("user", "qty", "status", "v", "created_ms", "updated_ms", "expires_ms",
                  "fcode", "campaign")  # fmt: skip
 _COUNTERS = ("stock", "fcode_stock", "available", "fcode_available", "reserved", "paid",
-             "per_user_limit", "bookings")  # fmt: skip
+             "per_user_limit", "bookings", "fc_lane", "fcode_released")  # fmt: skip
 
 
 @dataclass

@@ -78,18 +78,27 @@ class OrderWriter:
         self._streams_refreshed = 0.0
         self._last_reclaim = 0.0
         self._own_pending = True  # at start, and after a failure, re-read our own PEL first
+        # what the periodic INFO line sums up: events written and set aside since the last one
+        self.summary_interval_s = 10.0
+        self._summary_at = time.monotonic()
+        self._summary_counts = (0, 0)
 
     async def run(self) -> None:
         """Write until cancelled; back off and retry while Redis or PostgreSQL is away."""
+        log.info("order writer %s started", self.consumer)
         delay = 0.1
         while True:
             try:
                 await self.step()
                 delay = 0.1
+                self._summarize()
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
                 log.warning("order writer: %s; retrying in %.1fs", exc, delay)
+                if "NOGROUP" in str(exc):  # a stream went away (a deleted sale): look again
+                    self._grouped.clear()
+                    self._streams_refreshed = 0.0
                 self._own_pending = True
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 2.0)
@@ -216,7 +225,23 @@ class OrderWriter:
             await pipe.execute()
         written = len(events) - (len(refused) - unreadable)
         self.written += written
+        log.debug("order writer: %d event(s) of %d stream(s) written, %d set aside",
+                  written, len(ids), len(refused))  # fmt: skip
         return written
+
+    def _summarize(self) -> None:
+        """Every ``summary_interval_s``, one INFO line of what was written, if anything was."""
+        elapsed = time.monotonic() - self._summary_at
+        if elapsed < self.summary_interval_s:
+            return
+        written = self.written - self._summary_counts[0]
+        refused = self.dead_lettered - self._summary_counts[1]
+        self._summary_at = time.monotonic()
+        self._summary_counts = (self.written, self.dead_lettered)
+        if written or refused:
+            log.info("order writer: %d event(s) written to PostgreSQL in the last %.0f s "
+                     "(%.0f/s), %d set aside as dead letters", written, elapsed,
+                     written / elapsed, refused)  # fmt: skip
 
     def _row(self, stream: str, fields: dict[str, str]) -> OrderRow | BookingRow | PaymentRow:
         if fields.get("kind") == "booking":

@@ -2,13 +2,15 @@
 
     python -m loadtest.rehearsal --preset small --out out/rehearsal-small
 
-Exit codes: 0 the verdict holds, 1 it does not (or the rehearsal could not run), 2 usage.
+Exit codes: 0 the verdict holds (every invariant, and the sale sold out as the plan expected),
+1 it does not (or the rehearsal could not run), 2 usage.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import os
 import random
@@ -16,29 +18,42 @@ import re
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
+
+from flashsale.outbox import receivers
+from loadtest import start_gate
 from loadtest.plan import Plan
-from loadtest.rehearsal import identities, setup
+from loadtest.rehearsal import cleanup, existing, identities, opening, setup
 from loadtest.rehearsal.api import Api
 from loadtest.rehearsal.chart import draw_chart
+from loadtest.rehearsal.cpu_report import add_locust, cpu_findings, sampler_for
 from loadtest.rehearsal.environment import ConfigError, Environment, resolve
+from loadtest.rehearsal.events_in import PulledEvents, ReceiverThread
+from loadtest.rehearsal.handoff import judge_handoff
+from loadtest.rehearsal.headline import (
+    Timeline,
+    compare_with_locust,
+    fetch_timeline,
+    timeline_from_records,
+)
 from loadtest.rehearsal.locust_run import STARTUP_S, run_locust
-from loadtest.rehearsal.options import Sizes, parse_args, sizes
+from loadtest.rehearsal.options import Sizes, parse_args, payment_shares, sizes
 from loadtest.rehearsal.processes import (
-    CpuSampler,
     free_port,
     serve_command,
     start,
     stop,
     wait_http,
 )
-from loadtest.rehearsal.records_in import read_records
+from loadtest.rehearsal.records_in import Records, read_records
 from loadtest.rehearsal.report import build_report
 from loadtest.rehearsal.report_text import render
-from loadtest.rehearsal.stores import delete_keys, drop_database, redis_pid
-from loadtest.rehearsal.verdict import judge
+from loadtest.rehearsal.stores import delete_keys, drop_database
+from loadtest.rehearsal.verdict import PG_WAIT_S, expect_sellout, judge
 
 
 def say(message: str) -> None:
@@ -60,8 +75,10 @@ class Service:
             self.log = out / "service.log"
             self.log.write_text("")
             self.proc = start(cmd, self.log, env.env)
-            say(f"started `{' '.join(cmd[1:])}` ({self.processes} process(es))")
-        alive = (lambda: self.proc.poll() is None) if self.proc else (lambda: True)
+            say(f"started `{' '.join(cmd[1:])}` ({self.processes} process(es)); waiting for it "
+                "to answer /healthz")  # fmt: skip
+        proc = self.proc
+        alive = (lambda: proc.poll() is None) if proc is not None else (lambda: True)
         problem = wait_http(f"{self.url}/healthz", 60, alive)
         if problem is not None:
             raise RuntimeError(f"the service at {self.url} is not healthy: {problem}")
@@ -79,37 +96,90 @@ class Service:
 
 
 def prepare(
-    args: argparse.Namespace, env: Environment, api: Api, out: Path, n: Sizes
+    args: argparse.Namespace,
+    env: Environment,
+    api: Api,
+    out: Path,
+    n: Sizes,
+    known: existing.ExistingSale | None = None,
 ) -> tuple[setup.SaleSetup, Plan, float]:
-    """Mint the crowd's tokens, create the sale, import the bookings, issue the F-codes."""
+    """Mint the crowd's tokens, create the sale, import the bookings, issue the F-codes (for
+    the operator's sale, ``known``: mint tokens for its booked shoppers and code holders)."""
     rng = random.Random(args.seed)
     lottery_seed = f"rehearsal-{rng.getrandbits(64):016x}"
     pool_dir = out / "pool"
+    if known is not None:
+        sale, lead_s = _prepare_existing(env, known, pool_dir, n, rng), STARTUP_S + args.ramp
+        return sale, _plan(args, api, out, n, sale, lead_s), lead_s
     started = time.perf_counter()
     buyers, pollers = identities.choose_bookers(args.admission, args.bookers, n, rng, lottery_seed)
     minted = identities.write_crowd_pools(pool_dir, env.token_secret, buyers, pollers, n.walk_ins)
     mint_s = time.perf_counter() - started
     lead_s = STARTUP_S + args.ramp
-    setup_s = setup.setup_seconds(args, n, lead_s)
+    setup_s = setup.setup_seconds(args, n, lead_s) + (args.start_in or 0.0)
+    if waits_for_start(args):  # moved to a few seconds after the start (opening.py)
+        setup_s += opening.PLACEHOLDER_S
     sale = setup.create_sale(api, args, n, setup_s, lottery_seed)
     sale.timings["mint_tokens_s"] = round(mint_s, 2)
     say(
-        f"sale {sale.sale_id} created, opening in {sale.opens_at - time.time():.0f} s; "
-        f"{minted:,} tokens minted in {mint_s:.1f} s"
-    )
+        f"sale {sale.sale_id} created, "
+        + ("to open a few seconds after the crowd starts (Locust's Start button)"
+           if waits_for_start(args) else f"opening in {sale.opens_at - time.time():.0f} s")
+        + f"; {minted:,} tokens minted in {mint_s:.1f} s"
+    )  # fmt: skip
     log = out / "setup.log"
+    say(f"importing {args.bookers:,} bookings (flashsale bookings import, about "
+        f"{args.bookers / setup.IMPORT_RATE_ARRIVAL:.0f} s or more)")  # fmt: skip
     setup.import_bookings(sale, args.bookers, pool_dir, env.env, log)
     say(f"{args.bookers:,} bookings imported in {sale.timings['import_bookings_s']:.1f} s")
     setup.issue_fcodes(sale, n.codes, pool_dir, env.env, log)
     identities.write_fcode_pool(pool_dir, env.token_secret, sale.fcodes)
-    plan = Plan(
+    return sale, _plan(args, api, out, n, sale, lead_s), lead_s
+
+
+def waits_for_start(args: argparse.Namespace) -> bool:
+    """With --web, a sale created here opens when the crowd starts (the Start button)."""
+    return bool(args.web and not args.sale_id)
+
+
+def _prepare_existing(
+    env: Environment, known: existing.ExistingSale, pool_dir: Path, n: Sizes, rng: random.Random
+) -> setup.SaleSetup:
+    started = time.perf_counter()
+    minted = existing.write_existing_pools(
+        pool_dir, env.token_secret, env.database_url, known, n, rng
+    )
+    mint_s = time.perf_counter() - started
+    say(
+        f"sale {known.sale_id} (the operator's, {known.sale['status']}, opening "
+        f"{known.sale['starts_at']}): {known.bookings:,} bookings, {len(known.fcodes):,} "
+        f"F-codes from --fcodes; {minted:,} tokens minted in {mint_s:.1f} s"
+    )
+    for limit in known.cannot:
+        say(f"with --sale-id, not rehearsed: {limit}")
+    return setup.SaleSetup(
+        sale_id=known.sale_id,
+        opens_at=known.opens_at,
+        lottery_seed=known.lottery_seed or "",
+        timings={"mint_tokens_s": round(mint_s, 2)},
+        fcodes=known.fcodes,
+        campaign=known.campaign or setup.CAMPAIGN,
+        created_here=False,
+    )
+
+
+def _plan(
+    args: argparse.Namespace, api: Api, out: Path, n: Sizes, sale: setup.SaleSetup, lead_s: float
+) -> Plan:
+    pool_dir = out / "pool"
+    return Plan(
         base_url=api.base,
         sale_id=sale.sale_id,
         stock=args.stock,
         per_user_limit=args.per_user_limit,
         admission=args.admission,
         opens_at=sale.opens_at,
-        campaign=setup.CAMPAIGN,
+        campaign=sale.campaign,
         pool_dir=str(pool_dir),
         record_dir=str(out / "records"),
         locust_processes=max(1, args.locust_workers),
@@ -125,72 +195,200 @@ def prepare(
         walk_in_share=args.walk_in_share,
         sold_out_retries=2,
         poll_interval_s=1.0,
+        payment_seed=args.seed,
+        late_share=args.late_share,
+        repeat_share=args.repeat_share,
+        paid_again_share=args.paid_again_share,
+        wrong_amount_share=args.wrong_amount_share,
+        opens_on_start=waits_for_start(args),
     )
-    return sale, plan, lead_s
 
 
-def run(args: argparse.Namespace, env: Environment, out: Path) -> int:
-    n = sizes(args)
-    service = Service(args, env, out)
+@dataclasses.dataclass
+class Made:
+    """What this run made in stores it shares, for the clean-up to remove (or keep)."""
+
+    sale_id: str | None = None  # a sale created here (never the operator's, --sale-id)
+    operators_sale: str | None = None  # --sale-id: kept whatever happens, and said so
+
+
+def run(args: argparse.Namespace, env: Environment, out: Path, made: Made | None = None) -> int:
+    made = made if made is not None else Made()
+    receiver = None
+    if not args.service:  # the service started here delivers its order events to this one
+        receiver = ReceiverThread(env.webhook_secret)
+        env.env["FLASHSALE_WEBHOOK_URLS"] = receiver.start()
+    service: Service | None = None
     try:
+        service = Service(args, env, out)
         api = Api(service.url, env.admin_token)
-        sale, plan, lead_s = prepare(args, env, api, out, n)
+        events: ReceiverThread | PulledEvents = receiver or PulledEvents(api)
+        if receiver is not None:
+            # taken on now, not when the relay first polls: it gets every event of the sale
+            asyncio.run(_register(env.database_url, receiver.url))
+            say(f"order events go to the rehearsal's receiver at {receiver.url}")
+        else:
+            say("order events are read back through GET /v1/admin/events (the running "
+                "service's relay cannot be pointed at this rehearsal's receiver)")  # fmt: skip
+        known = None
+        if args.sale_id:
+            known = existing.read_existing(api, env.database_url, args.sale_id, args.fcodes)
+            made.operators_sale = known.sale_id
+            _take_sale_settings(args, known)
+            n = existing.existing_sizes(known, args)
+            expected = existing.expected_sellout(known, n)
+        else:
+            n = sizes(args)
+            expected = (
+                f"{n.buyers:,} booked shoppers for {args.stock - n.fcode_stock:,} public units, "
+                f"{n.codes:,} F-codes for {n.fcode_stock:,} F-code units"
+            )
+        sale, plan, lead_s = prepare(args, env, api, out, n, known)
+        if sale.created_here:
+            made.sale_id = sale.sale_id
+        if expected is None:
+            say("the crowd is not expected to sell this sale out (see what is not rehearsed)")
         plan_path = out / "plan.json"
         plan.save(plan_path)
-        wait_s = sale.opens_at - lead_s - time.time()
-        if wait_s > 0:
-            say(f"setup done; the crowd gathers in {wait_s:.1f} s")
-            time.sleep(wait_s)
-        else:
-            say(f"setup overran the planned opening by {-wait_s:.1f} s; the crowd goes now")
-        cpu = CpuSampler()
-        if service.proc is not None:
-            cpu.add_tree("service", service.proc.pid)
-        if (pid := redis_pid(env.redis_url)) is not None:
-            cpu.add_tree("redis", pid)
-        cpu.add_named("postgres (all on this machine)", "postgres")
-        cpu.add_machine("whole machine")
-        opening = time.strftime("%H:%M:%S", time.localtime(sale.opens_at))
-        say(f"the crowd: {args.users:,} users; the sale opens at {opening}")
+        if not plan.opens_on_start:  # (with --web, the operator's sale too: then the button)
+            _wait_for_the_crowd(sale.opens_at - lead_s, sale.created_here)
+        gate = _web_gate(args, api, n, sale, plan) if args.web else None
+        cpu, unmeasured = sampler_for(
+            service.proc.pid if service.proc else None, service.url, env.redis_url,
+            env.database_url,
+        )  # fmt: skip
+        for line in unmeasured:
+            say(line)
+        if not args.web:
+            opens = time.strftime("%H:%M:%S", time.localtime(sale.opens_at))
+            say(f"the crowd: {args.users:,} users; the sale opens at {opens}; the crowd stays "
+                f"until {args.drain:g} s after the sell-out, {args.max:g} s at most")  # fmt: skip
         load_before = [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
-        crowd_started = time.time()
         cpu.start()
         try:
             locust = run_locust(
                 out, service.url, plan_path, env.env, workers=args.locust_workers, web=args.web,
                 web_port=args.web_port, timeout_s=lead_s + args.max + args.drain + 60,
-                on_start=lambda pid: cpu.add_tree("locust", pid),
+                on_start=lambda pid, role: add_locust(cpu, pid, role), gate=gate, say=say,
             )  # fmt: skip
         finally:
             cpu.stop()
+        if gate is not None and (opens_at := start_gate.opening(plan.record_dir)) is not None:
+            plan = dataclasses.replace(plan, opens_at=opens_at)
+            sale.opens_at = opens_at
         records = read_records(out / "records")
+        say(f"the verdict: waiting up to {PG_WAIT_S:.0f} s for PostgreSQL to hold every order")
         verdict = asyncio.run(judge(api, env.database_url, plan, records))
-        extra = _extra(args, env, n, sale, service, locust.exit_code)
-        report = build_report(plan, records, verdict, extra)
-        sale_end = report["timing"]["sellout_at"] or time.time()
-        during = cpu.cores(report["timing"]["opened_at"], sale_end)
-        report["cpu_cores"] = {
-            "during_sale": during,
-            "whole_crowd": cpu.cores(crowd_started, time.time()),
-        }
-        report["locust_cpu_warning"] = any(
-            "CPU usage above" in log.read_text(errors="replace") for log in out.glob("locust*.log")
+        say(
+            f"the crowd has gone; {len(records.late):,} late payment(s) follow, and the sale "
+            f"comes to rest as its last reservations (of {args.reservation_ttl} s) pass"
         )
-        # a Locust process is one event loop sharing this machine's cores with the service:
-        # well before a whole core its requests queue up behind each other (measured: 2 workers
-        # instead of 1 raised the small preset's buys/s by 60% at 0.7 cores)
-        report["generator_bound"] = report["locust_cpu_warning"] or (
-            during.get("locust", 0) >= 0.6 * plan.locust_processes
-        )
+        handoff = asyncio.run(
+            judge_handoff(
+                api, env.database_url, env.payment_secret, plan, records, verdict, events,
+                reservation_ttl_s=args.reservation_ttl, events_wait_s=args.events_wait,
+            )
+        )  # fmt: skip
+        verdict.violations += handoff.violations
+        extra = _extra(args, env, n, sale, service, locust.exit_code) | handoff.report()
+        extra["settings"] |= {"expected_sellout": expected,
+                              "not_rehearsed": known.cannot if known else []}  # fmt: skip
+        timeline = _timeline(env.database_url, plan, records)
+        report = build_report(plan, records, verdict, extra, timeline=timeline)
+        expect_sellout(verdict, expected, report["timing"])
+        report["failed_expectations"] = verdict.failed_expectations
+        report |= cpu_findings(cpu, report, out)
+        report["locust"] = compare_with_locust(out, report)
         report["load_average_before"] = load_before
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        draw_chart(out / "chart.png", records, report["timing"]["opened_at"], report)
+        cpu.save(out / "records" / "cpu.jsonl")
+        draw_chart(out / "chart.png", records, report["timing"]["opened_at"], report,
+                   timeline or timeline_from_records(records, plan.stock), cpu)  # fmt: skip
         print(render(report))
         print(f"report: {out / 'report.json'}, chart: {out / 'chart.png'}, "
               f"Locust's own: {locust.html}, logs: {out}")  # fmt: skip
-        return 0 if not verdict.violations else 1
+        return 1 if verdict.failed else 0
     finally:
-        service.stop()
+        if service is not None:
+            service.stop()
+        if receiver is not None:
+            receiver.stop()
+
+
+def _take_sale_settings(args: argparse.Namespace, known: existing.ExistingSale) -> None:
+    """The operator's sale decides what the options would have: its size, limit, admission."""
+    args.stock = int(known.sale["stock"])
+    args.bookers = known.bookings
+    args.per_user_limit = int(known.sale["per_user_limit"])
+    args.admission = known.admission
+    args.reservation_ttl = int(known.sale.get("reservation_ttl_s") or args.reservation_ttl)
+    if not known.booking_required:
+        args.walk_in_share = 0.0  # nobody is refused for not booking: no walk-ins to judge
+
+
+def _wait_for_the_crowd(gather_at: float, created_here: bool) -> None:
+    wait_s = gather_at - time.time()
+    if wait_s > 0:
+        opens = time.strftime("%H:%M:%S", time.localtime(gather_at))
+        if created_here:
+            say(f"setup done; the crowd gathers in {wait_s:.1f} s (at {opens}), before the opening")
+        else:
+            say(f"waiting {wait_s:.1f} s for the sale's opening: the crowd gathers at {opens}")
+        time.sleep(wait_s)
+    elif created_here:
+        say(f"setup overran the planned opening by {-wait_s:.1f} s; the crowd goes now")
+    else:
+        say("the sale is open already: the crowd goes now")
+
+
+def _web_gate(
+    args: argparse.Namespace,
+    api: Api,
+    n: Sizes,
+    sale: setup.SaleSetup,
+    plan: Plan,
+) -> Callable[[Callable[[], bool]], None]:
+    """With --web: wait for the Start button (or --start-in), then open a sale made here a
+    few seconds later; the operator's sale keeps its opening."""
+
+    def gate(alive: Callable[[], bool]) -> None:
+        opening.wait_for_start(
+            Path(plan.record_dir), web_url=f"http://127.0.0.1:{args.web_port}",
+            start_in=args.start_in, users=args.users, spawn_rate=args.users / max(args.ramp, 0.1),
+            alive=alive, say=say,
+        )  # fmt: skip
+        if plan.opens_on_start:
+            lead = args.ramp + opening.GATHER_S
+            opens_at = opening.open_now(
+                api, args, n, sale.sale_id, sale.lottery_seed, Path(plan.record_dir), lead
+            )
+            at = time.strftime("%H:%M:%S", time.localtime(opens_at))
+            say(f"the crowd started: {args.users:,} users; the sale opens at {at}, in "
+                f"{opens_at - time.time():.1f} s")  # fmt: skip
+        else:
+            at = time.strftime("%H:%M:%S", time.localtime(sale.opens_at))
+            when = "opens" if sale.opens_at > time.time() else "opened"
+            say(f"the crowd started: {args.users:,} users; the sale {when} at {at}")
+
+    return gate
+
+
+def _timeline(database_url: str, plan: Plan, records: Records) -> Timeline | None:
+    """The sale's units over time from PostgreSQL's orders; None (the crowd's 201s stand in,
+    and the report says so) when they cannot be read."""
+    try:
+        return asyncio.run(fetch_timeline(database_url, plan.sale_id, plan.stock))
+    except (OSError, asyncpg.PostgresError) as exc:
+        say(f"PostgreSQL's order times could not be read ({exc}); the crowd's 201s stand in")
+        return None
+
+
+async def _register(database_url: str, url: str) -> None:
+    conn = await asyncpg.connect(database_url, timeout=10)
+    try:
+        await receivers.register(conn, url)
+    finally:
+        await conn.close()
 
 
 def _extra(
@@ -221,6 +419,8 @@ def _extra(
             "checkout_s": args.checkout,
             "double_click_share": args.double_click_share,
             "walk_in_share": args.walk_in_share,
+            "reservation_ttl_s": args.reservation_ttl,
+            "payment_shares": payment_shares(args).to_json(),
             "no_shows": n.no_shows,
             "locust_processes": max(1, args.locust_workers),
             "service_url": service.url,
@@ -229,6 +429,7 @@ def _extra(
             "key_prefix": env.key_prefix,
             "database": env.database_name,
             "opens_at": sale.opens_at,
+            "sale_created_here": sale.created_here,
         },
         "setup": sale.timings,
         "bookings_import": sale.imported,
@@ -249,33 +450,55 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"launch-rehearsal: {exc}", file=sys.stderr)
         return 2
+    what = (
+        f"sale {args.sale_id} of {args.service}"
+        if args.sale_id
+        else f"preset {args.preset}: stock {args.stock:,}, {args.bookers:,} booked shoppers, "
+        f"admission {args.admission}"
+    )
     say(
-        f"preset {args.preset}: stock {args.stock:,}, {args.bookers:,} booked shoppers, "
-        f"admission {args.admission}; Redis {env.redis_url} prefix {env.key_prefix}, "
+        f"{what}; Redis {env.redis_url} prefix {env.key_prefix}, "
         f"database {env.database_name}; output {out}"
     )
+    made = Made()
     try:
-        return run(args, env, out)
+        return run(args, env, out, made)
     except Exception as exc:  # a rehearsal that could not run is a failed one, said plainly
         print(f"launch-rehearsal: FAILED: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     finally:
-        _clean_up(args, env, out)
+        _clean_up(args, env, out, made)
 
 
-def _clean_up(args: argparse.Namespace, env: Environment, out: Path) -> None:
+def _clean_up(args: argparse.Namespace, env: Environment, out: Path, made: Made) -> None:
     try:
-        _remove_what_we_made(args, env, out)
+        _remove_what_we_made(args, env, out, made)
     except Exception as exc:  # the verdict stands; say what was left behind
         print(f"launch-rehearsal: clean-up failed: {exc!r}", file=sys.stderr)
 
 
-def _remove_what_we_made(args: argparse.Namespace, env: Environment, out: Path) -> None:
+def _remove_what_we_made(args: argparse.Namespace, env: Environment, out: Path, made: Made) -> None:
+    shared = not (env.own_prefix and env.own_database)  # stores the run did not make
+    if made.operators_sale:
+        sale_id = made.operators_sale
+        rows = asyncio.run(cleanup.count_sale_rows(env.database_url, sale_id))
+        keys = cleanup.count_sale_keys(env.redis_url, env.key_prefix, sale_id)
+        say(f"sale {sale_id} is the operator's: kept, with {cleanup.describe(rows, keys)} (the "
+            "crowd's orders, payments and events among them)")  # fmt: skip
     if args.keep:
-        say(f"kept: database {env.database_name}, Redis keys {env.key_prefix}:*, {out / 'pool'}")
+        kept = [f"{out / 'pool'} (the crowd's tokens and F-codes)"]
+        if env.own_database:
+            kept.append(f"database {env.database_name}")
+        if env.own_prefix:
+            kept.append(f"Redis keys {env.key_prefix}:*")
+        say("kept (--keep): " + ", ".join(kept))
+        if made.sale_id and shared:
+            say(cleanup.kept_sale(env.redis_url, env.key_prefix, env.database_url, made.sale_id))
         return
     # the tokens and F-codes of a throwaway sale, and 7.5 million booking lines
     shutil.rmtree(out / "pool", ignore_errors=True)
+    if made.sale_id and shared:  # the sale made here, in stores it shares with others
+        say(cleanup.remove_sale(env.redis_url, env.key_prefix, env.database_url, made.sale_id))
     if env.own_prefix:
         deleted = delete_keys(env.redis_url, env.key_prefix)
         say(f"deleted {deleted:,} Redis keys of prefix {env.key_prefix}")

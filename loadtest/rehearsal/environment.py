@@ -1,7 +1,8 @@
 """Which servers the rehearsal uses, from the usual ``FLASHSALE_*`` variables, and what it made
 for itself (and so removes afterwards): a key prefix and a database when none were named,
 secrets when it starts the service itself (the payment service's signing secret included: the
-crowd plays the payment service too)."""
+crowd plays the payment service too; and the order events' secret, for the rehearsal's own
+receiver)."""
 
 from __future__ import annotations
 
@@ -39,6 +40,12 @@ class Environment:
         return self.env["FLASHSALE_PAYMENT_SECRET"].split(",")[0].strip()
 
     @property
+    def webhook_secret(self) -> str:
+        """The secret order events are signed with, for the rehearsal's receiver (made up for a
+        service started here)."""
+        return self.env["FLASHSALE_WEBHOOK_SECRET"]
+
+    @property
     def database_name(self) -> str:
         return urlsplit(self.database_url).path.lstrip("/")
 
@@ -73,6 +80,12 @@ def resolve(external_service: bool) -> Environment:
                 " the crowd's winners pay through signed payment notifications"
             )
         env["FLASHSALE_PAYMENT_SECRET"] = new_secret()
+    if not external_service:
+        # the service started here delivers its order events to the rehearsal's receiver
+        # (the driver sets FLASHSALE_WEBHOOK_URLS once it listens), and to nowhere else
+        env.pop("FLASHSALE_WEBHOOK_URLS", None)
+        if not env.get("FLASHSALE_WEBHOOK_SECRET"):
+            env["FLASHSALE_WEBHOOK_SECRET"] = new_secret()
     if external_service and (own_database or own_prefix):
         raise ConfigError(
             "with --service, set FLASHSALE_DATABASE_URL and FLASHSALE_KEY_PREFIX to the "

@@ -7,6 +7,8 @@ import math
 import os
 from dataclasses import dataclass
 
+from flashsale.payments.simulator import Shares
+
 # preset -> defaults; any option given on the command line wins
 PRESETS: dict[str, dict[str, float]] = {
     # the Redmi-style launch: 100,000 units, 7.5 million booked fans
@@ -19,8 +21,10 @@ PRESETS: dict[str, dict[str, float]] = {
         "drain": 3.0,
         "max": 300.0,
         "checkout": 1.5,
+        # longer than the sale takes, so unpaid units do not come back during it
+        "reservation_ttl": 120.0,
     },
-    # the same launch, small enough to run end to end in well under a minute
+    # the same launch, small enough to run end to end in about a minute
     "small": {
         "stock": 2000,
         "bookers": 20_000,
@@ -29,14 +33,50 @@ PRESETS: dict[str, dict[str, float]] = {
         "drain": 2.0,
         "max": 30.0,
         "checkout": 1.5,
+        "reservation_ttl": 30.0,
     },
 }
+
+
+DESCRIPTION = """\
+Set up a launch-sized sale (bookings imported in bulk, an F-code campaign, tokens for the
+shoppers the crowd will use; or take one the operator made: --sale-id), send a Locust crowd at
+it from the opening second, then print and write a report (report.json, chart.png) with a
+verdict.
+
+The headline is the sale window, from the opening second to the last unit (times by the
+service's clock: the orders in PostgreSQL): time to sell out, buys/s, requests/s, buy p50/p95/
+p99; the whole run's figures come second. `bottleneck` names the component that was saturated
+over the sale window (service, load generator, redis, postgres), or none / unknown, with the
+CPU of each component (sampled every 0.1 s) as its evidence.
+"""
+
+EPILOG = """\
+examples:
+  scripts/launch-rehearsal --preset small --out out/rehearsal-small      # about 1 min
+  scripts/launch-rehearsal --stock 100000 --bookers 7500000 --out out/rehearsal-full
+  scripts/launch-rehearsal --preset small --web --out out/rehearsal-web  # press Start
+  scripts/launch-rehearsal --service http://127.0.0.1:8080 --sale-id redmi-13 \\
+      --fcodes redmi-13-codes.csv --out out/redmi-13
+
+servers: the usual FLASHSALE_* variables (FLASHSALE_REDIS_URL, FLASHSALE_DATABASE_URL,
+  FLASHSALE_KEY_PREFIX, FLASHSALE_TOKEN_SECRET, FLASHSALE_ADMIN_TOKEN, FLASHSALE_PAYMENT_SECRET,
+  FLASHSALE_SERVICE_URL). Unset, the local Redis with a fresh key prefix and a fresh database on
+  the local PostgreSQL are used, and removed at the end. A sale the rehearsal created in stores
+  it did not make (--service) is removed from them at the end; --keep keeps it, and says so.
+
+exit codes: 0 every invariant held and the sale sold out as planned; 1 a violation, a failed
+  expectation (a sale the plan expected to sell out that did not), or a rehearsal that could
+  not run; 2 usage. scripts/launch-rehearsal also takes --no-install (skip ./scripts/install).
+"""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="launch-rehearsal",
-        description="Set up a launch-sized sale, send a Locust crowd at it, judge the result.",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", choices=sorted(PRESETS), default="full")
     p.add_argument("--out", required=True, help="directory for the report, chart and logs")
@@ -49,7 +89,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--admission-window",
         type=int,
         default=5,
-        help="queued admissions: seconds an admitted shopper has to buy",
+        help="queued admissions and an opening window: seconds an admitted shopper has to buy",
+    )
+    p.add_argument(
+        "--opening-window-ms",
+        type=int,
+        default=0,
+        help="admission arrival: the sale's opening window (buyers from this long before the "
+        "start to this long after get a ticket, then a random order); 0: none",
+    )
+    p.add_argument(
+        "--fcode-release-after",
+        type=float,
+        metavar="S",
+        help="the F-code units nobody redeemed pass to the public this many seconds after the "
+        "opening (the sale's fcode_release_at); default: never",
     )
     p.add_argument("--per-user-limit", type=int, default=1)
     p.add_argument(
@@ -73,6 +127,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="of the users, scalpers' scripts: many accounts, no pause, guessed F-codes "
         "(default: one in twenty)",
+    )
+    p.add_argument(
+        "--reservation-ttl",
+        type=int,
+        help="seconds a reservation lasts; the late payments, and the rest of the verdict, "
+        "wait for the last one to pass",
+    )
+    p.add_argument(
+        "--late-share",
+        type=float,
+        default=0.05,
+        help="of the payments, those the payment service sends after the reservation expired",
+    )
+    p.add_argument(
+        "--repeat-share",
+        type=float,
+        default=0.05,
+        help="of the payments, those whose notification is delivered twice (one webhook-id)",
+    )
+    p.add_argument(
+        "--paid-again-share",
+        type=float,
+        default=0.05,
+        help="of the payments, those notified again under a new webhook-id",
+    )
+    p.add_argument(
+        "--wrong-amount-share",
+        type=float,
+        default=0.02,
+        help="of the payments, those charged a wrong amount first (then the right one)",
+    )
+    p.add_argument(
+        "--events-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for the last order event once PostgreSQL holds every order",
     )
     p.add_argument(
         "--double-click-share", type=float, default=0.05, help="winners who press buy again"
@@ -102,8 +192,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=0,
         help="run Locust distributed: a master and this many workers",
     )
-    p.add_argument("--web", action="store_true", help="Locust's web UI instead of headless")
+    p.add_argument(
+        "--web",
+        action="store_true",
+        help="Locust's web UI instead of headless: the crowd waits for its Start button (the "
+        "sale opens a few seconds after it), or for --start-in",
+    )
     p.add_argument("--web-port", type=int, default=8089)
+    p.add_argument(
+        "--start-in",
+        type=float,
+        metavar="SECONDS",
+        help="start the crowd this long after the setup is done (with --web: unless Start is "
+        "pressed before); default: at once, or with --web on the Start button only",
+    )
+    p.add_argument(
+        "--sale-id",
+        help="rehearse this existing sale of a running service (--service) instead of "
+        "creating one: its stock, bookings and opening; tokens are minted for its booked "
+        "shoppers; nothing of it is deleted afterwards",
+    )
+    p.add_argument(
+        "--fcodes",
+        metavar="FILE",
+        help="with --sale-id: the sale's F-codes, the CSV `flashsale fcodes issue --out` wrote "
+        "(without it the F-code units cannot be bought)",
+    )
     p.add_argument(
         "--setup-s",
         type=float,
@@ -112,7 +226,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--keep",
         action="store_true",
-        help="keep the throwaway database and Redis keys this run created",
+        help="keep what this run created (a throwaway database and key prefix, or its sale "
+        "in the stores of a running service), and say what was kept",
     )
     p.add_argument("--seed", type=int, default=7, help="seed of the crowd's choices")
     args = p.parse_args(argv)
@@ -120,9 +235,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, name) is None:
             setattr(args, name, type(value)(value))
     args.stock, args.bookers, args.users = int(args.stock), int(args.bookers), int(args.users)
+    args.reservation_ttl = int(args.reservation_ttl)
     if args.stock < 1 or args.bookers < 1 or args.users < 4:
         p.error("--stock and --bookers must be positive, --users at least 4")
+    if not 1 <= args.reservation_ttl <= 86_400:
+        p.error("--reservation-ttl is 1 to 86400 seconds")
+    if args.sale_id and not args.service:
+        p.error("--sale-id needs --service URL (or FLASHSALE_SERVICE_URL): the running "
+                "service that holds the sale")  # fmt: skip
+    if args.fcodes and not args.sale_id:
+        p.error("--fcodes goes with --sale-id (a sale created here issues its own codes)")
+    if args.start_in is not None and not 0 <= args.start_in <= 86_400:
+        p.error("--start-in is 0 to 86400 seconds")
+    if args.locust_workers < 0:
+        p.error("--locust-workers is 0 (one Locust process) or more")
+    try:
+        payment_shares(args)
+    except ValueError as exc:
+        p.error(str(exc))
     return args
+
+
+def payment_shares(args: argparse.Namespace) -> Shares:
+    return Shares(
+        late=args.late_share,
+        repeated=args.repeat_share,
+        paid_again=args.paid_again_share,
+        wrong_amount=args.wrong_amount_share,
+    )
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ class Records:
     reserved: dict[str, dict[str, Any]] = field(default_factory=dict)  # 201s by order id
     duplicate_201s: list[str] = field(default_factory=list)  # order ids answered 201 twice
     paid: dict[str, dict[str, Any]] = field(default_factory=dict)  # 200s to pay
+    late: dict[str, dict[str, Any]] = field(default_factory=dict)  # to pay after the deadline
     answers: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     problems: Counter[tuple[str, str]] = field(default_factory=Counter)  # failures by kind
     pools: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -44,6 +45,8 @@ def read_records(record_dir: Path) -> Records:
                 if event["order_id"] in r.reserved:
                     r.duplicate_201s.append(event["order_id"])
                 r.reserved[event["order_id"]] = event
+            elif event["event"] == "late":
+                r.late[event["order_id"]] = event
             else:
                 r.paid[event["order_id"]] = event
     for path in sorted(record_dir.glob("answers-*.json")):
@@ -54,9 +57,12 @@ def read_records(record_dir: Path) -> Records:
         for p in data.get("problems", []):
             r.problems[(p["endpoint"], p["problem"])] += p["count"]
         for name, use in data.get("pools", {}).items():
-            total = r.pools.setdefault(name, {"size": 0, "taken": 0, "reused": 0})
-            for k in total:
-                total[k] += use.get(k, 0)
+            # every process sees the whole pool (they claim lines of it): its size once
+            total = r.pools.setdefault(name, {"size": 0, "taken": 0, "reused": 0, "processes": 0})
+            total["size"] = max(total["size"], use.get("size", 0))
+            total["taken"] += use.get("taken", 0)
+            total["reused"] += use.get("reused", 0)
+            total["processes"] += 1
     parts = [np.load(p) for p in sorted(record_dir.glob("requests-*.npz"))]
     if parts:
         r.start = np.concatenate([p["start"] for p in parts])

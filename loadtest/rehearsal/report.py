@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from loadtest.plan import Plan
+from loadtest.rehearsal.headline import Timeline, headline, sale_timing, timeline_from_records
 from loadtest.rehearsal.records_in import Records
 from loadtest.rehearsal.verdict import Verdict
 
@@ -53,35 +54,10 @@ def endpoint_stats(
     return out
 
 
-def sale_timing(plan: Plan, records: Records, units: dict[str, Any]) -> dict[str, Any]:
-    """When the sale opened (for the crowd), when the last unit went, and the buy rate."""
-    first_request = float(records.start.min()) if records.start.size else plan.opens_at
-    # a setup that overran the planned start: the sale opened for the crowd when it came
-    opened = max(plan.opens_at, first_request)
-    times = sorted(e["t"] for e in records.reserved.values())
-    sold_out = units["available"] <= 0 and units["fcode_available"] <= 0
-    last = times[-1] if times else None
-    sellout_t = last if sold_out else None
-    span = (last - opened) if last is not None else 0.0
-    in_sale = ((records.start >= opened) & (records.start <= last)) if last else None
-    return {
-        "opened_at": opened,
-        "crowd_late_s": round(max(0.0, first_request - plan.opens_at), 2),
-        "sold_out": sold_out,
-        "sellout_at": sellout_t,
-        "last_201_at": last,
-        "sellout_s": round(sellout_t - opened, 3) if sellout_t else None,
-        "buys": len(times),
-        "buys_per_s": round(len(times) / span, 1) if span > 0 else None,
-        "requests_per_s_during_sale": (
-            round(int(in_sale.sum()) / span, 1) if in_sale is not None and span > 0 else None
-        ),
-    }
-
-
-def postgres_lag(records: Records, sellout_at: float | None, verdict: Verdict) -> dict[str, Any]:
-    """How far the order writer fell behind, and how long after the sell-out PostgreSQL held
-    every order (from the watcher's samples; else from the verdict's own wait)."""
+def postgres_lag(records: Records, last_unit_at: float | None, verdict: Verdict) -> dict[str, Any]:
+    """How far the order writer fell behind, and how long after the last unit went (the
+    sell-out, or the last unit sold of a sale that did not sell out) PostgreSQL held every
+    order: from the watcher's samples; else from the verdict's own wait."""
     samples = [s for s in records.samples if "pg_orders" in s]
     lags = [
         s["reserved"]
@@ -93,13 +69,13 @@ def postgres_lag(records: Records, sellout_at: float | None, verdict: Verdict) -
         for s in samples
     ]
     caught = None
-    if sellout_at is not None:
+    if last_unit_at is not None:
         for s, lag in zip(samples, lags, strict=True):
-            if s["t"] >= sellout_at and lag <= 0:
-                caught = s["t"] - sellout_at
+            if s["t"] >= last_unit_at and lag <= 0:
+                caught = s["t"] - last_unit_at
                 break
         if caught is None and verdict.pg_complete_at is not None:
-            caught = verdict.pg_complete_at - sellout_at
+            caught = verdict.pg_complete_at - last_unit_at
     stats_ms = sorted(s["ms"] for s in samples)
     return {
         "admin_stats_ms_median": stats_ms[len(stats_ms) // 2] if stats_ms else None,
@@ -147,12 +123,25 @@ def bots(plan: Plan, records: Records) -> dict[str, Any]:
 
 
 def build_report(
-    plan: Plan, records: Records, verdict: Verdict, extra: dict[str, Any]
+    plan: Plan,
+    records: Records,
+    verdict: Verdict,
+    extra: dict[str, Any],
+    timeline: Timeline | None = None,
 ) -> dict[str, Any]:
+    """``timeline``: the units over time from PostgreSQL's orders (headline.py); without it,
+    from the crowd's 201s, and the report says so."""
     u = verdict.units
-    timing = sale_timing(plan, records, u)
+    timing = sale_timing(plan, records, timeline or timeline_from_records(records, plan.stock))
     stats = endpoint_stats(records)
     total = stats.get("Aggregated", {})
+    # from the opening second to the last unit: the spike itself, and the headline
+    during = (
+        endpoint_stats(records, (timing["opened_at"], timing["last_unit_at"]))
+        if timing["window_s"]
+        else {}
+    )
+    top = headline(timing, during, stats, records)
     errors: Counter[str] = Counter()
     for (_, problem), n in records.problems.items():
         errors[problem] += n
@@ -166,27 +155,25 @@ def build_report(
         "reserved_unpaid": u["reserved"],
         "available": u["available"],
         "fcode_available": u["fcode_available"],
+        # the headline: the sale window (the whole run's figures are in headline.whole_run)
         "sellout_s": timing["sellout_s"],
         "buys_per_s": timing["buys_per_s"],
-        "requests_per_s": total.get("requests_per_s"),
-        "p99_ms": total.get("p99_ms"),
+        "requests_per_s": top["requests_per_s"],
+        "p99_ms": top["buy_p99_ms"],
+        "headline": top,
         "violations": verdict.violations,
+        "failed_expectations": verdict.failed_expectations,
         "sale_id": plan.sale_id,
         "timing": timing,
         "requests": total.get("requests", 0),
         "failures": total.get("failures", 0),
         "endpoints": stats,
-        # from the opening second to the last unit: the spike itself
-        "endpoints_during_sale": (
-            endpoint_stats(records, (timing["opened_at"], timing["last_201_at"]))
-            if timing["last_201_at"]
-            else {}
-        ),
+        "endpoints_during_sale": during,
         "errors": dict(errors.most_common()),
         "failures_by_endpoint": failures,
         "answers": answers(records),
         "bots": bots(plan, records),
-        "postgres": postgres_lag(records, timing["sellout_at"], verdict),
+        "postgres": postgres_lag(records, timing["last_unit_at"], verdict),
         "crowd": {
             "pools": records.pools,
             "locust_processes_recording": records.processes,

@@ -38,6 +38,8 @@ class SaleSetup:
     timings: dict[str, float] = field(default_factory=dict)
     imported: dict[str, Any] = field(default_factory=dict)
     fcodes: list[tuple[str, str]] = field(default_factory=list)  # (code, holder)
+    campaign: str = CAMPAIGN  # the F-code campaign the crowd's codes belong to
+    created_here: bool = True  # False: the operator's sale (--sale-id), never deleted here
 
 
 def setup_seconds(args: argparse.Namespace, sizes: Sizes, lead_s: float) -> float:
@@ -45,9 +47,8 @@ def setup_seconds(args: argparse.Namespace, sizes: Sizes, lead_s: float) -> floa
     if args.setup_s is not None:
         return float(args.setup_s)
     rate = IMPORT_RATE_ARRIVAL if args.admission == "arrival" else IMPORT_RATE_QUEUED
-    return (
-        4.0 + 1.5 * args.bookers / 1_000_000 + args.bookers / rate + sizes.codes / 20_000 + lead_s
-    )
+    bookers = int(args.bookers)
+    return 4.0 + 1.5 * bookers / 1_000_000 + bookers / rate + sizes.codes / 20_000 + lead_s
 
 
 def sale_spec(
@@ -56,6 +57,11 @@ def sale_spec(
     """A launch like the Redmi one: booking required, a few units for F-code holders."""
     now = datetime.now(UTC)
     ends = opens + timedelta(hours=1)
+    if args.web and not args.sale_id:
+        # a sale that waits for the Start button (opening.py) is moved then, which a sale
+        # may only be before its booking opens: that opens a minute before the sale, and the
+        # bulk import does not wait for it
+        now = opens - timedelta(minutes=1)
     spec: dict[str, Any] = {
         "sale_id": sale_id,
         "sku": "redmi-note-rehearsal",
@@ -65,7 +71,7 @@ def sale_spec(
         "per_user_limit": args.per_user_limit,
         "starts_at": opens.isoformat(),
         "ends_at": ends.isoformat(),
-        "reservation_ttl_s": 900,
+        "reservation_ttl_s": args.reservation_ttl,
         "fcode_stock": sizes.fcode_stock,
         "booking_opens_at": now.isoformat(),
         # an arrival sale may take bookings until it ends; a queue is fixed at the start
@@ -77,6 +83,11 @@ def sale_spec(
         spec["admission_window_s"] = args.admission_window
     if args.admission == "lottery":
         spec["lottery_seed"] = lottery_seed
+    if args.opening_window_ms:
+        spec |= {"opening_window_ms": args.opening_window_ms,
+                 "admission_window_s": args.admission_window}  # fmt: skip
+    if args.fcode_release_after is not None and sizes.fcode_stock:
+        spec["fcode_release_at"] = (opens + timedelta(seconds=args.fcode_release_after)).isoformat()
     return spec
 
 

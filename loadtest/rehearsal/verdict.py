@@ -31,6 +31,13 @@ class Verdict:
     pg_wait_s: float = 0.0  # how long the verdict waited for PostgreSQL to hold everything
     pg_complete_at: float | None = None  # epoch seconds when it did; None if it never did
     units: dict[str, Any] = field(default_factory=dict)  # the end state (Redis)
+    # what the plan expected and did not happen (a sale it expected to sell out that did
+    # not): no promise of the service broken, but the rehearsal did not rehearse its launch
+    failed_expectations: list[str] = field(default_factory=list)
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.violations or self.failed_expectations)
 
 
 def _redis_orders(units: dict[str, Any]) -> int:
@@ -50,7 +57,7 @@ def _pg_agrees(units: dict[str, Any]) -> bool:
     return bool(pg["total"] == _redis_orders(units) and pg["paid"] == units["paid"])
 
 
-async def _wait_for_postgres(
+async def wait_for_postgres(
     api: Api, database_url: str, plan: Plan, records: Records, v: Verdict
 ) -> dict[str, dict[str, Any]]:
     started = time.monotonic()
@@ -89,7 +96,7 @@ async def judge(api: Api, database_url: str, plan: Plan, records: Records) -> Ve
     v = Verdict()
     if not records.start.size:
         v.violations.append("the crowd sent no requests: nothing was rehearsed (see locust.log)")
-    pg = await _wait_for_postgres(api, database_url, plan, records, v)
+    pg = await wait_for_postgres(api, database_url, plan, records, v)
     u, stock = v.units, plan.stock
     if records.duplicate_201s:
         v.violations.append(f"{len(records.duplicate_201s)} order id(s) answered 201 twice")
@@ -141,3 +148,18 @@ async def judge(api: Api, database_url: str, plan: Plan, records: Records) -> Ve
             f"{u['fcode_available']} = {total}, stock {stock}"
         )
     return v
+
+
+def expect_sellout(v: Verdict, expected: str | None, timing: dict[str, Any]) -> None:
+    """A sale the plan expected to sell out (``expected`` says why it should have; None when
+    it was not expected to) that did not, while the crowd was there, is a failed
+    expectation."""
+    if expected is None or timing["sold_out"]:
+        return
+    left = timing.get("units_left_when_crowd_stopped")
+    ran = (timing.get("crowd_ended_at") or 0) - timing["opened_at"]
+    v.failed_expectations.append(
+        f"the sale did not sell out: {'some' if left is None else f'{left:,}'} unit(s) left "
+        f"when the crowd stopped, {max(0.0, ran):.0f} s after the opening; the plan expected "
+        f"it to ({expected})"
+    )

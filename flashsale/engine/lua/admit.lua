@@ -1,8 +1,15 @@
 #!lua
--- admit: move a queued admission (booking_order, lottery) forward. The sweeper runs it for
--- every such sale on each tick; several sweepers at once are harmless (each run is atomic and
--- works from what the previous one stored).
+-- admit: move a queued admission (booking_order, lottery, or an opening window's tickets)
+-- forward. The sweeper runs it for every sale on each tick; several sweepers at once are
+-- harmless (each run is atomic and works from what the previous one stored).
 --
+-- 0. Release the F-code lane once its moment (fc_lane) has passed, exactly once, whatever the
+--    sale's state (buy.lua does the same when a buy meets the moment first): fcode_available
+--    moves to available, counted in fcode_released, and a queue gets a place for each unit.
+--    A release whose moment passed while the sweeper or Redis was away is made now.
+--
+-- An opening window's queue starts when the window closes (starts_ms + op_win_ms): its
+-- tickets are counted for good then (op_n), and op_tickets is the queue's length.
 -- Nothing moves while the sale is paused (set_state.lua gives the windows the time back).
 --
 -- 1. Close the windows that have ended, wave by wave in rank order (deadlines grow with rank,
@@ -16,16 +23,39 @@
 --
 -- KEYS[1]  sale hash   KEYS[2]  admission waves zset   KEYS[3]  queue bits
 -- KEYS[4]  reservation deadlines zset
--- Returns  {places freed, ranks admitted now, frontier (ranks admitted so far)}
+-- Returns  {places freed, ranks admitted now, frontier (ranks admitted so far), F-code units
+--          released now (-1: no release now)}
 local s = redis.call('HMGET', KEYS[1], 'admission', 'state', 'starts_ms', 'ends_ms', 'bookings',
-  'adm_slots', 'adm_cursor', 'adm_freed', 'adm_window_s')
-if s[1] ~= 'booking_order' and s[1] ~= 'lottery' then return {0, 0, 0} end
+  'adm_slots', 'adm_cursor', 'adm_freed', 'adm_window_s', 'op_win_ms', 'op_tickets', 'op_n',
+  'fc_lane', 'fcode_available')
+if not s[2] then return {0, 0, 0, -1} end
+local win = tonumber(s[10] or '0') or 0
+local queued = s[1] == 'booking_order' or s[1] == 'lottery' or win > 0
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local n, slots, cursor = tonumber(s[5]), tonumber(s[6]), tonumber(s[7])
+local released = -1
+if s[13] and s[13] ~= 'closed' and now_ms >= tonumber(s[13]) then
+  released = tonumber(s[14])
+  redis.call('HSET', KEYS[1], 'fc_lane', 'closed', 'fcode_available', 0)
+  redis.call('HINCRBY', KEYS[1], 'available', released)
+  redis.call('HINCRBY', KEYS[1], 'fcode_released', released)
+  if queued then
+    redis.call('HINCRBY', KEYS[1], 'adm_freed', released)
+    s[8] = tostring(tonumber(s[8]) + released)
+  end
+end
+if not queued then return {0, 0, 0, released} end
+local opens_ms, n = tonumber(s[3]), tonumber(s[5])
+if win > 0 then
+  opens_ms, n = opens_ms + win, tonumber(s[11])
+end
+local slots, cursor = tonumber(s[6]), tonumber(s[7])
 local frontier = math.min(slots, n)
-if now_ms < tonumber(s[3]) or now_ms >= tonumber(s[4]) or s[2] ~= 'active' then
-  return {0, 0, frontier}
+if now_ms < opens_ms or now_ms >= tonumber(s[4]) or s[2] ~= 'active' then
+  return {0, 0, frontier, released}
+end
+if win > 0 and not s[12] then  -- the window's tickets are counted for good
+  redis.call('HSET', KEYS[1], 'op_n', n)
 end
 local window_ms = tonumber(s[9]) * 1000
 
@@ -66,7 +96,7 @@ for _, member in ipairs(recent) do
   count = count + upper - tonumber(first)
   upper = tonumber(first)
 end
-local span_ms = math.min(60000, now_ms - tonumber(s[3]))
+local span_ms = math.min(60000, now_ms - opens_ms)
 local rate = (span_ms > 0) and (count * 1000 / span_ms) or 0
 local next_ms = 0
 if cursor <= new_frontier then
@@ -78,4 +108,4 @@ else
 end
 redis.call('HSET', KEYS[1], 'adm_slots', slots, 'adm_cursor', cursor, 'adm_freed', 0,
   'adm_rate', string.format('%.3f', rate), 'adm_next_ms', next_ms)
-return {freed, admitted, new_frontier}
+return {freed, admitted, new_frontier, released}

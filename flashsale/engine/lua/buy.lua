@@ -14,6 +14,19 @@
 -- min(adm_slots, bookings)) and before the admission window closes; anyone else is told their
 -- place. Unbooked shoppers, when booking is optional, queue behind every booked one.
 --
+-- A sale with an opening window (op_win_ms, W; arrival admission only) answers the public
+-- buy requests from starts_ms - W until starts_ms + W with a ticket (one per shopper, kept in
+-- the ticket bucket) and reserves nothing. When the window closes its tickets are ranked by
+-- the seeded permutation draw_rank (flashsale/opening/shuffle.py) and admitted in that order
+-- as a booking queue's ranks are (frontier min(adm_slots, op_tickets), a window each); a
+-- shopper without a ticket after that gets the next number, ranked in arrival order, and is
+-- admitted at once when a place is free. A sale without a window pays one more field read.
+--
+-- A sale with fcode_release_ms has "fc_lane" = that moment until the F-code units nobody
+-- redeemed pass to the public lane, and "closed" after. The first buy that meets the moment
+-- makes the release itself (admit.lua does it for the sweeper), exactly once; F-code buys are
+-- refused from then on.
+--
 -- KEYS[1]  sale hash               KEYS[6]  idempotency string (unused when ARGV[4] is "")
 -- KEYS[2]  holders hash            KEYS[7]  F-codes hash (digest -> state|campaign|order|user)
 -- KEYS[3]  deadlines zset          KEYS[8]  F-code guesses of this user (counter)
@@ -21,6 +34,7 @@
 -- KEYS[5]  order hash (of ARGV[3])  KEYS[10] the buyer's booking bucket
 -- KEYS[11] admission waves zset    KEYS[12] queue holders hash    KEYS[13] queue bits
 -- KEYS[14] rate limit of this user KEYS[15] rate limit of this client address
+-- KEYS[16] the buyer's opening ticket bucket     KEYS[17] the opening's ticket roll
 -- ARGV[1]  user id                 ARGV[6]  F-code digest, "" for a public buy
 -- ARGV[2]  quantity                ARGV[7]  guesses allowed per user per window (0: off)
 -- ARGV[3]  new order id            ARGV[8]  guesses allowed per address per window (0: off)
@@ -30,13 +44,16 @@
 --          {"replay", order_id, qty, created_ms, expires_ms, campaign}  the first answer, as
 --                                        reserved (the caller reads the order as it is now)
 --          {"idempotency_key_reused"} | {"sale_not_found"} | {"sale_ended"}
---          {"sale_not_open"} | {"quantity_above_limit", limit}
+--          {"sale_not_open"} (not started) | {"sale_paused"} | {"quantity_above_limit", limit}
 --          {"limit_reached", held, limit} | {"sold_out", available}
 --          {"fcode_throttled", retry_after_ms} | {"fcode_invalid"} | {"fcode_used"}
 --          {"fcode_revoked"} | {"booking_required"} | {"admission_passed"}
 --          {"rate_limited", wait_us}          more requests than the sale allows (GCRA)
 --          {"queued", ahead, booking_no or "", admission rate (/s), next window close (ms),
 --           now_ms}                                                  nothing reserved
+--          {"ticketed", ticket, ahead (-1 before the draw), admission rate (/s), the next
+--           moment a place can free (ms), now_ms, draw_ms}           nothing reserved
+--          {"fcode_lane_closed"}                F-code units passed to the public lane
 local user, qty, order_id, fingerprint = ARGV[1], tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local fcode = ARGV[6]
 
@@ -110,8 +127,10 @@ end
 
 local sale = redis.call('HMGET', KEYS[1], 'state', 'starts_ms', 'ends_ms', 'available',
   'per_user_limit', 'ttl_s', 'fcode_available', 'fcode_opens_ms', 'admission', 'bk_required',
-  'reserved', 'rl_user_rate', 'rl_user_burst', 'rl_addr_rate', 'rl_addr_burst')
+  'reserved', 'rl_user_rate', 'rl_user_burst', 'rl_addr_rate', 'rl_addr_burst', 'op_win_ms',
+  'fc_lane')
 if not sale[1] then return {'sale_not_found'} end
+local win = tonumber(sale[16] or '0') or 0  -- the opening window (ms), 0 without one
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
@@ -123,10 +142,32 @@ if wait_user or wait_addr then
 end
 remember(KEYS[14], tat_user, now_us)
 remember(KEYS[15], tat_addr, now_us)
+-- The F-code lane's release, when this buy is the first to meet its moment: the units no code
+-- holder took pass to the public lane, and a queue gets one more place for each (admit.lua
+-- opens them). Like the rate limits, written whatever the answer.
+local lane = sale[17]
+if lane and lane ~= 'closed' and now_ms >= tonumber(lane) then
+  local moved = tonumber(sale[7])
+  redis.call('HSET', KEYS[1], 'fc_lane', 'closed', 'fcode_available', 0)
+  redis.call('HINCRBY', KEYS[1], 'available', moved)
+  redis.call('HINCRBY', KEYS[1], 'fcode_released', moved)
+  if sale[9] == 'booking_order' or sale[9] == 'lottery' or win > 0 then
+    redis.call('HINCRBY', KEYS[1], 'adm_freed', moved)
+  end
+  sale[4], sale[7], lane = tostring(tonumber(sale[4]) + moved), '0', 'closed'
+end
+-- nothing left and nothing that could come back (no reservation that may be released, no
+-- F-code units still to pass to the public): waiting would be a false hope
+local function exhausted()
+  return tonumber(sale[4]) <= 0 and tonumber(sale[11]) <= 0
+    and not (lane and lane ~= 'closed' and tonumber(sale[7]) > 0)
+end
 if sale[1] == 'closed' or now_ms >= tonumber(sale[3]) then return {'sale_ended'} end
-local opens_ms, pool = tonumber(sale[2]), 'available'
+local opens_ms, pool = tonumber(sale[2]) - win, 'available'  -- tickets from starts_ms - W
 if fcode ~= '' then opens_ms, pool = tonumber(sale[8]), 'fcode_available' end
-if sale[1] == 'paused' or now_ms < opens_ms then return {'sale_not_open'} end
+if now_ms < opens_ms then return {'sale_not_open'} end
+if sale[1] == 'paused' then return {'sale_paused'} end
+if fcode ~= '' and lane == 'closed' then return {'fcode_lane_closed'} end
 
 local rank = nil  -- queue rank of a booked buyer in a queued admission
 local admission = sale[9] or ''
@@ -139,8 +180,7 @@ if fcode == '' and admission ~= '' then
     local n, slots = tonumber(q[1]), tonumber(q[2])
     local frontier = math.min(slots, n)
     local function queued(ahead)
-      -- nothing left and nothing that could come back: waiting would be a false hope
-      if tonumber(sale[4]) <= 0 and tonumber(sale[11]) <= 0 then return {'sold_out', 0} end
+      if exhausted() then return {'sold_out', 0} end
       return {'queued', ahead, booking_no or '', q[5] or '0', q[6] or '0', now_ms}
     end
     if not booking_no then
@@ -159,6 +199,67 @@ if fcode == '' and admission ~= '' then
       if closed and slots < n then return {'admission_passed'} end
     end
   end
+end
+
+if fcode == '' and win > 0 then
+  -- the opening window: a ticket per shopper; after the draw, admission in the tickets' order
+  local draw_ms = tonumber(sale[2]) + win
+  local q = redis.call('HMGET', KEYS[1], 'op_tickets', 'op_n', 'op_keys', 'adm_slots',
+    'adm_cursor', 'adm_window_s', 'adm_rate', 'adm_next_ms')
+  local n, drawn, slots = tonumber(q[1]), tonumber(q[2] or ''), tonumber(q[4])
+  local ticket = tonumber(redis.call('HGET', KEYS[16], ARGV[10]) or '')
+  local function ticketed(ahead, next_ms)
+    return {'ticketed', ticket, ahead, q[7] or '0', next_ms, now_ms, draw_ms}
+  end
+  -- a ticket for a shopper who has none (one per user id, however many requests or
+  -- devices); nil, or the refusal when a ticket would be of no use
+  local function new_ticket()
+    local limit = tonumber(sale[5])
+    if qty > limit then return {'quantity_above_limit', limit} end
+    local held = tonumber(redis.call('HGET', KEYS[2], user) or '0')
+    if held + qty > limit then return {'limit_reached', held, limit} end
+    if exhausted() then return {'sold_out', 0} end
+    n = redis.call('HINCRBY', KEYS[1], 'op_tickets', 1)
+    redis.call('HSET', KEYS[16], ARGV[10], n)
+    redis.call('SETRANGE', KEYS[17], (n - 1) * 10, ARGV[10])  -- the list, by ticket number
+    ticket = n
+    return nil
+  end
+  if now_ms < draw_ms then  -- the pre-queue and the window: nobody's order is known yet
+    if not ticket then
+      local refused = new_ticket()
+      if refused then return refused end
+    end
+    return ticketed(-1, draw_ms)
+  end
+  if not drawn then  -- the first script after the window: its tickets are counted for good
+    drawn = n
+    redis.call('HSET', KEYS[1], 'op_n', n)
+  end
+  if not ticket then
+    local refused = new_ticket()
+    if refused then return refused end
+    rank = ticket  -- after the window: the end of the queue, in arrival order
+    if rank <= slots then  -- nobody is waiting for this place: admitted now, a window of its own
+      redis.call('ZADD', KEYS[11], rank, rank .. ':' .. now_ms)
+    end
+  elseif ticket <= drawn then
+    rank = draw_rank(ticket, drawn, q[3])
+  else
+    rank = ticket
+  end
+  local frontier = math.min(slots, n)
+  if rank > frontier then
+    if exhausted() then return {'sold_out', 0} end
+    return ticketed(rank - frontier - 1, tonumber(q[8] or '0'))
+  end
+  local closed = rank < tonumber(q[5])
+  if not closed then
+    local wave = redis.call('ZREVRANGEBYSCORE', KEYS[11], rank, '-inf', 'LIMIT', 0, 1)
+    closed = now_ms >= tonumber(string.match(wave[1], ':(%d+)$')) + tonumber(q[6]) * 1000
+  end
+  -- as in a booking queue: once every ticket has been admitted, what is left is for anyone
+  if closed and slots < n then return {'admission_passed'} end
 end
 
 local campaign, bound_user = '', ''

@@ -4,7 +4,8 @@
 -- not seen it). Payment is not a shopper's to make: pay.lua decides the payment service's
 -- notifications.
 -- Repeating a cancel answers like the first time. Units return exactly once, to the lane they
--- came from: only the step out of "reserved" moves counters. An F-code whose order is released
+-- came from (an F-code unit to the public lane once the F-code lane has been released): only
+-- the step out of "reserved" moves counters. An F-code whose order is released
 -- becomes usable again (unless it was revoked meanwhile). A shopper who bought through the
 -- booking queue and so lets go of their last unit after their admission window closed hands
 -- their place to the next in line (adm_freed; admit.lua admits them).
@@ -16,6 +17,19 @@
 -- Returns  {word, status, qty, created_ms, expires_ms, updated_ms, campaign}; word is "ok",
 --          "order_not_found", "order_expired" or "order_paid"
 local order_id, caller = ARGV[1], ARGV[2]
+-- The lane a unit goes back to: its own; but once the F-code lane has been released to the
+-- public (fc_lane "closed"), an F-code unit goes to the public lane, counted in
+-- fcode_released, and a queue gets one more place for it (admit.lua opens it).
+local function lane_of(fcode, qty)
+  if fcode == '' then return 'available' end
+  local l = redis.call('HMGET', KEYS[1], 'fc_lane', 'admission', 'op_win_ms')
+  if l[1] ~= 'closed' then return 'fcode_available' end
+  redis.call('HINCRBY', KEYS[1], 'fcode_released', qty)
+  if l[2] == 'booking_order' or l[2] == 'lottery' or (tonumber(l[3] or '0') or 0) > 0 then
+    redis.call('HINCRBY', KEYS[1], 'adm_freed', qty)
+  end
+  return 'available'
+end
 local o = redis.call('HMGET', KEYS[5], 'user', 'qty', 'status', 'created_ms', 'expires_ms',
   'updated_ms', 'v', 'fcode', 'campaign', 'rank')
 if not o[1] or o[1] ~= caller then return {'order_not_found'} end
@@ -33,7 +47,7 @@ local new_status = 'cancelled'
 if now_ms >= expires_ms then new_status = 'expired' end
 redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
 redis.call('HINCRBY', KEYS[1], new_status, qty)
-redis.call('HINCRBY', KEYS[1], (fcode ~= '') and 'fcode_available' or 'available', qty)
+redis.call('HINCRBY', KEYS[1], lane_of(fcode, qty), qty)
 redis.call('HINCRBY', KEYS[2], o[1], -qty)
 if fcode ~= '' then
   local record = redis.call('HGET', KEYS[6], fcode)

@@ -7,8 +7,9 @@
 --                    once), but the payment may buy the order's units again as a buy would,
 --                    jumping nobody: an arrival sale (no booking queue), open now, with the
 --                    units available in the public lane and the shopper's limit allowing, and
---                    not an F-code order (its code went back to use). The units come from
---                    "available" as a buy's would, and must have been there before this
+--                    not an F-code order (its code went back to use); with an opening window
+--                    only after its draw and once every ticket has been admitted. The units
+--                    come from "available" as a buy's would, and must have been there before this
 --                    payment came: the units of a reservation this very script expires are
 --                    never taken straight back. Nothing is revived, nothing oversold.
 --                    "expired" keeps counting the return; "paid_late" counts these units.
@@ -50,6 +51,20 @@
 local order_id, payment_id, amount, currency = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local webhook_id, received_ms, ttl_s = ARGV[5], ARGV[6], tonumber(ARGV[8])
 
+-- The lane a unit goes back to: its own; but once the F-code lane has been released to the
+-- public (fc_lane "closed"), an F-code unit goes to the public lane, counted in
+-- fcode_released, and a queue gets one more place for it (admit.lua opens it).
+local function lane_of(fcode, qty)
+  if fcode == '' then return 'available' end
+  local l = redis.call('HMGET', KEYS[1], 'fc_lane', 'admission', 'op_win_ms')
+  if l[1] ~= 'closed' then return 'fcode_available' end
+  redis.call('HINCRBY', KEYS[1], 'fcode_released', qty)
+  if l[2] == 'booking_order' or l[2] == 'lottery' or (tonumber(l[3] or '0') or 0) > 0 then
+    redis.call('HINCRBY', KEYS[1], 'adm_freed', qty)
+  end
+  return 'available'
+end
+
 local first = redis.call('GET', KEYS[10])
 if first then return {'replay', first, 0} end
 first = redis.call('GET', KEYS[9])
@@ -77,7 +92,7 @@ else
   if status == 'reserved' and now_ms >= expires_ms then
     -- past its deadline: expire it now, exactly as expire.lua does
     redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
-    redis.call('HINCRBY', KEYS[1], (fcode ~= '') and 'fcode_available' or 'available', qty)
+    redis.call('HINCRBY', KEYS[1], lane_of(fcode, qty), qty)
     redis.call('HINCRBY', KEYS[1], 'expired', qty)
     redis.call('HINCRBY', KEYS[2], user, -qty)
     if fcode ~= '' then
@@ -103,6 +118,14 @@ else
       'expires_ms', expires_ms, 'fcode', fcode, 'campaign', campaign)
   end
   local admission = sale[8] or ''
+  -- an opening window's queue: a late payment jumps nobody only once its draw is made and
+  -- every ticket admitted
+  local function nobody_waits()
+    local q = redis.call('HMGET', KEYS[1], 'op_win_ms', 'adm_slots', 'op_tickets')
+    local win = tonumber(q[1] or '0') or 0
+    if win <= 0 then return true end
+    return now_ms >= tonumber(sale[2]) + win and tonumber(q[2]) >= tonumber(q[3])
+  end
   if status == 'cancelled' then
     reason = 'order_cancelled'
   elseif status == 'paid' then
@@ -116,7 +139,7 @@ else
     redis.call('HINCRBY', KEYS[1], 'reserved', -qty)
     redis.call('HINCRBY', KEYS[1], 'paid', qty)
     redis.call('ZREM', KEYS[3], order_id)
-  elseif fcode == '' and (admission == '' or admission == 'arrival')
+  elseif fcode == '' and (admission == '' or admission == 'arrival') and nobody_waits()
       and sale[1] == 'active' and now_ms < tonumber(sale[3])
       and tonumber(sale[4]) >= qty  -- read before any expiry above
       and tonumber(redis.call('HGET', KEYS[2], user) or '0') + qty <= tonumber(sale[5]) then

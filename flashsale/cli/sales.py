@@ -269,16 +269,20 @@ def cmd_create(args: argparse.Namespace, _settings: object = None) -> int:
         fields = definition(args)
         if not fields:
             raise UsageError("give the sale's fields: flags, or --file (see --help)")
-        answer = api.call("POST", "/v1/admin/sales", fields)
-        _print_warnings(answer)
-        if args.json:
-            print(json.dumps(answer, indent=2))
-        else:
-            sale = answer["sale"]
-            print(f"created sale {sale['sale_id']} ({sale['status']}): {describe(sale)}")
+        _print_written(args, api.call("POST", "/v1/admin/sales", fields), "created")
         return 0
 
     return run(args, body)
+
+
+def _print_written(args: argparse.Namespace, answer: dict[str, Any], done: str) -> None:
+    """A created or edited sale: its warnings on stderr, then the sale (as JSON with --json)."""
+    _print_warnings(answer)
+    if args.json:
+        print(json.dumps(answer, indent=2))
+    else:
+        sale = answer["sale"]
+        print(f"{done} sale {sale['sale_id']} ({sale['status']}): {describe(sale)}")
 
 
 def cmd_edit(args: argparse.Namespace, _settings: object = None) -> int:
@@ -288,13 +292,7 @@ def cmd_edit(args: argparse.Namespace, _settings: object = None) -> int:
             fields[name] = None
         if not fields:
             raise UsageError("nothing to change: give fields (flags, --file) or --unset FIELD")
-        answer = api.call("PATCH", sale_path(args.sale_id), fields)
-        _print_warnings(answer)
-        if args.json:
-            print(json.dumps(answer, indent=2))
-        else:
-            sale = answer["sale"]
-            print(f"edited sale {sale['sale_id']} ({sale['status']}): {describe(sale)}")
+        _print_written(args, api.call("PATCH", sale_path(args.sale_id), fields), "edited")
         return 0
 
     return run(args, body)

@@ -11,8 +11,6 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import replace
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -21,7 +19,7 @@ import redis as redis_sync
 from redis.asyncio import Redis
 
 from flashsale.settings import Settings
-from tests.helpers import PAYMENT_SECRET, Service, start_service
+from tests.helpers import PAYMENT_SECRET, Service, services_started
 
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -103,16 +101,8 @@ ServiceFactory = Callable[..., Awaitable[Service]]
 @pytest.fixture
 async def make_service(settings: Settings) -> AsyncIterator[ServiceFactory]:
     """Start services (real HTTP on loopback); keyword arguments override settings."""
-    started: list[Service] = []
-
-    async def make(**overrides: Any) -> Service:
-        service = await start_service(replace(settings, **overrides))
-        started.append(service)
-        return service
-
-    yield make
-    for service in reversed(started):
-        await service.close()
+    async with services_started(settings) as make:
+        yield make
 
 
 @pytest.fixture

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -219,6 +221,22 @@ class FlashsaleTestServer(TestServer):
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
         return AppRunner(self.app, **kwargs)
+
+
+@contextlib.asynccontextmanager
+async def services_started(settings: Settings) -> AsyncIterator[Callable[..., Awaitable[Service]]]:
+    """A factory of services (real HTTP on loopback; keyword arguments override ``settings``),
+    every one of them closed at the end."""
+    started: list[Service] = []
+
+    async def make(**overrides: Any) -> Service:
+        service = await start_service(replace(settings, **overrides))
+        started.append(service)
+        return service
+
+    yield make
+    for service in reversed(started):
+        await service.close()
 
 
 async def start_service(settings: Settings) -> Service:

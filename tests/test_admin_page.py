@@ -14,10 +14,8 @@ import re
 import shutil
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -27,7 +25,7 @@ from flashsale.http.admin_page import CONTENT_SECURITY_POLICY
 from flashsale.http.app import create_app
 from flashsale.settings import Settings
 from tests.conftest import CI, ServiceFactory
-from tests.helpers import FlashsaleTestServer, Service, start_service
+from tests.helpers import FlashsaleTestServer, Service, services_started
 
 try:
     from playwright.async_api import (
@@ -168,16 +166,8 @@ async def browser() -> AsyncIterator[Browser]:
 @pytest_asyncio.fixture(loop_scope="module")
 async def services(settings: Settings) -> AsyncIterator[ServiceFactory]:
     """conftest's ``make_service``, in the browser's event loop."""
-    started: list[Service] = []
-
-    async def make(**overrides: Any) -> Service:
-        service = await start_service(replace(settings, **overrides))
-        started.append(service)
-        return service
-
-    yield make
-    for service in reversed(started):
-        await service.close()
+    async with services_started(settings) as make:
+        yield make
 
 
 class Watched:

@@ -20,7 +20,7 @@ from flashsale.booking import lottery
 from flashsale.engine.keys import Keyspace, booking_slot
 from flashsale.http.openapi import openapi_spec
 from flashsale.opening import shuffle
-from tests.booking_helpers import at, book, public_sale, wait_for
+from tests.booking_helpers import at, book, me, public_sale, wait_for
 from tests.helpers import Reply, Service, assert_reconciled, gather_limited, run_flashsale
 
 
@@ -525,11 +525,26 @@ async def test_an_arrival_booking_sale_gives_tickets_to_booked_shoppers_only(
         assert (await book(service, sale_id, user)).status == 201
     reply = await service.buy(sale_id, "stranger")
     assert (reply.status, reply.body["error"]) == (403, "booking_required")
+    assert (await book(service, sale_id, "bk3")).status == 201  # booked, never asks to buy
     tickets = await tickets_of(service, sale_id, ["bk2", "bk1"])
     assert tickets == {"bk2": 1, "bk1": 2}  # the tickets' order, not the bookings'
+    # the booking tells a ticket holder where they stand: waiting for the draw, not admitted
+    before_draw = await me(service, sale_id, "bk1")
+    assert before_draw["state"] == "waiting", before_draw
+    assert (before_draw["queue"], before_draw["ticket"]) == ("opening", 2)
+    assert before_draw["queue_rank"] is None
+    assert before_draw["wait_is_lower_bound"] is True
     await after(draw_at)
     seed = (await public_sale(service, sale_id))["opening_seed"]
     first = min(tickets, key=lambda u: rank_of(seed, 2, tickets[u]))
     second = max(tickets, key=lambda u: rank_of(seed, 2, tickets[u]))
+    standing = {u: await me(service, sale_id, u) for u in (first, second)}
+    assert standing[first]["state"] == "admitted", standing
+    assert standing[first]["queue_rank"] == 1
+    assert standing[first]["admitted_until"]
+    assert (standing[second]["state"], standing[second]["position"]) == ("waiting", 0)
+    assert standing[second]["queue_rank"] == 2
+    assert "ticket" not in await me(service, sale_id, "bk3")  # no ticket: as any arrival sale
     assert (await service.buy(sale_id, second)).body["position"] == 0
     assert (await service.buy(sale_id, first)).status == 201
+    assert (await me(service, sale_id, first))["state"] == "purchased"

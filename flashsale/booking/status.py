@@ -48,9 +48,12 @@ class BookingStatus:
     admission: Admission
     queue_rank: int | None  # place in the admission order; None until a lottery is drawn
     standing: Standing
+    # an arrival sale's opening window: the shopper's ticket, whose draw gives queue_rank
+    ticket: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         s = self.standing
+        opening = {} if self.ticket is None else {"queue": "opening", "ticket": self.ticket}
         return {
             "sale_id": self.sale_id,
             "user_id": self.user_id,
@@ -62,6 +65,7 @@ class BookingStatus:
             "estimated_wait_s": s.wait_s,
             "wait_is_lower_bound": s.wait_is_lower_bound,
             "admitted_until": None if s.admitted_until_ms is None else iso(s.admitted_until_ms),
+            **opening,
         }
 
 

@@ -19,6 +19,7 @@ from flashsale.booking.status import (
 from flashsale.engine.engine import Engine, retry_after_s
 from flashsale.engine.keys import booking_slot
 from flashsale.models import Admission, iso
+from flashsale.opening import shuffle
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ _BOOK_ERRORS: dict[str, type[errors.FlashsaleError]] = {
 _STATUS_FIELDS = (
     "state", "starts_ms", "ends_ms", "available", "reserved", "admission", "bookings",
     "adm_slots", "adm_cursor", "adm_window_s", "adm_rate", "adm_next_ms", "lottery_seed",
-    "fc_lane", "fcode_available",
+    "fc_lane", "fcode_available", "op_win_ms", "op_tickets", "op_n", "op_seed",
 )  # fmt: skip
 
 
@@ -112,8 +113,9 @@ class Bookings:
             _ = pipe.hget(k.booking_bucket(bucket), field)
             _ = pipe.hmget(k.sale, _STATUS_FIELDS)
             _ = pipe.hget(k.holders, user_id)
+            _ = pipe.hget(k.ticket_bucket(bucket), field)
             _ = pipe.time()
-            raw_no, values, held, (seconds, micros) = await pipe.execute()
+            raw_no, values, held, raw_ticket, (seconds, micros) = await pipe.execute()
         f = cast(dict[str, str | None], dict(zip(_STATUS_FIELDS, values, strict=True)))
         if f["state"] is None:
             raise errors.SaleNotFound()
@@ -126,24 +128,40 @@ class Bookings:
         starts_ms = int(f["starts_ms"] or 0)
         over = f["state"] == "closed" or now_ms >= int(f["ends_ms"] or 0)
         status = functools.partial(BookingStatus, sale_id, user_id, booking_no, admission)
-        if not admission.queued:
-            return status(None, arrival_standing(now_ms, starts_ms, over, int(held or 0) > 0))
-        bookings = int(f["bookings"] or 0)
-        rank: int | None = booking_no
-        if admission is Admission.LOTTERY:
-            seed = f["lottery_seed"] or ""
-            rank = _draw(seed, bookings).rank(booking_no) if now_ms >= starts_ms else None
+        holds = int(held or 0) > 0
+        window_ms = int(f["op_win_ms"] or 0)
+        if not admission.queued and not (window_ms and raw_ticket is not None):
+            return status(None, arrival_standing(now_ms, starts_ms, over, holds))
+        if admission.queued:
+            queue_size = int(f["bookings"] or 0)
+            rank: int | None = booking_no
+            if admission is Admission.LOTTERY:
+                seed = f["lottery_seed"] or ""
+                rank = _draw(seed, queue_size).rank(booking_no) if now_ms >= starts_ms else None
+        else:  # an arrival sale's opening window: the shopper's place is their ticket's
+            queue_size = int(f["op_tickets"] or 0)
+            ticket = int(raw_ticket)
+            # op_n is set by the first script after the window; until then every ticket so
+            # far was given within it
+            drawn = int(f["op_n"] or 0) or queue_size
+            rank = (
+                shuffle.rank(f["op_seed"] or "", drawn, ticket)
+                if now_ms >= starts_ms + window_ms
+                else None
+            )
+            starts_ms += window_ms  # the draw is this queue's opening
+            status = functools.partial(status, ticket=ticket)
         facts = QueueFacts(
             now_ms=now_ms, starts_ms=starts_ms, over=over,
             exhausted=int(f["available"] or 0) <= 0 and int(f["reserved"] or 0) <= 0
             # F-code units still to pass to the public lane can come back too
             and not (f["fc_lane"] not in (None, "closed") and int(f["fcode_available"] or 0) > 0),
-            frontier=min(int(f["adm_slots"] or 0), bookings),
-            everyone_admitted=int(f["adm_slots"] or 0) >= bookings,
+            frontier=min(int(f["adm_slots"] or 0), queue_size),
+            everyone_admitted=int(f["adm_slots"] or 0) >= queue_size,
             cursor=int(f["adm_cursor"] or 1), window_ms=int(f["adm_window_s"] or 0) * 1000,
             rate_per_s=float(f["adm_rate"] or 0), next_free_ms=int(f["adm_next_ms"] or 0),
         )  # fmt: skip
-        admitted_ms, holding = None, False
+        admitted_ms, holding = None, holds
         if rank is not None:
             async with self.redis.pipeline(transaction=False) as pipe:
                 _ = pipe.zrevrangebyscore(k.waves, rank, "-inf", start=0, num=1)

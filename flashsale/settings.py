@@ -37,6 +37,17 @@ def _env_int(name: str, default: int) -> int:
         raise SettingsError(f"{name} must be an integer, got {raw!r}") from None
 
 
+def _default_relay_processes() -> int:
+    return max(1, min(4, os.cpu_count() or 1))
+
+
+def _bounded_int(name: str, default: int, low: int, high: int) -> int:
+    value = _env_int(name, default)
+    if not low <= value <= high:
+        raise SettingsError(f"{name} must be {low} to {high}, got {value}")
+    return value
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -190,15 +201,20 @@ class Settings:
     # Order events (flashsale/outbox): the receivers the relay POSTs them to, the Standard
     # Webhooks secret they are signed with, and the relay's patience: an answer within
     # webhook_timeout_s, retries after webhook_retry_base_s doubling up to webhook_retry_cap_s,
-    # given up webhook_give_up_s after the first attempt.
+    # given up webhook_give_up_s after the first attempt; a relay claims webhook_batch_size
+    # orders' events at a time.
     webhook_urls: tuple[str, ...] = ()
     webhook_secret: str = ""
     webhook_timeout_s: float = 10.0
     webhook_retry_base_s: float = 1.0
     webhook_retry_cap_s: float = 3600.0
     webhook_give_up_s: float = 86_400.0
-    webhook_batch_size: int = 50
+    webhook_batch_size: int = 200
     webhook_poll_s: float = 0.25
+    # how many relay processes `serve` runs (they share the receivers' work, each order with
+    # one of them at a time): one a core, up to four, so that delivery uses every core the
+    # sale leaves free
+    relay_processes: int = field(default_factory=_default_relay_processes)
     # GET /metrics and the counting behind it (flashsale/metrics); the endpoint takes the admin
     # token unless metrics_public (for a scraper inside a private network)
     metrics: bool = True
@@ -314,6 +330,12 @@ class Settings:
                 "FLASHSALE_WEBHOOK_RETRY_CAP_S", defaults.webhook_retry_cap_s
             ),
             webhook_give_up_s=_env_float("FLASHSALE_WEBHOOK_GIVE_UP_S", defaults.webhook_give_up_s),
+            webhook_batch_size=_bounded_int(
+                "FLASHSALE_WEBHOOK_BATCH_SIZE", defaults.webhook_batch_size, 1, 10_000
+            ),
+            relay_processes=_bounded_int(
+                "FLASHSALE_RELAY_PROCESSES", defaults.relay_processes, 1, 64
+            ),
             metrics=env("FLASHSALE_METRICS", "1") not in ("0", "false", "no"),
             metrics_public=env("FLASHSALE_METRICS_PUBLIC", "0") in ("1", "true", "yes"),
         )

@@ -402,7 +402,8 @@ async def test_a_concurrent_index_build_does_not_deadlock_with_processes_waiting
     try:
         for _ in range(1000):  # until the first holds the lock, in its pg_sleep
             if await watch.fetchval(
-                "SELECT count(*) FROM pg_stat_activity WHERE query LIKE 'SELECT pg_sleep%'"
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND query LIKE 'SELECT pg_sleep%'"
             ):
                 break
             await asyncio.sleep(0.01)
@@ -464,7 +465,12 @@ async def test_db_status_and_migrate(
     code, out, _ = await run_flashsale(mine, "db", "status")
     assert code == 1
     assert "database schema: none (the database does not exist yet)" in out
-    assert out.split("pending:\n")[1].split() == LABELS
+    pending = out.split("pending:\n")[1].splitlines()
+    assert [line.split()[0] for line in pending] == LABELS
+    # 0008 builds its indexes CONCURRENTLY, and status says so
+    assert [line.endswith("(outside a transaction)") for line in pending] == [
+        not m.transactional for m in SHIPPED
+    ]
 
     code, out, err = await run_flashsale(mine, "db", "migrate")
     assert code == 0, err
@@ -493,11 +499,12 @@ async def test_db_status_and_migrate(
     assert [a["version"] for a in status["applied"]] == list(range(1, LATEST))
     assert all(datetime.fromisoformat(a["applied_at"]) for a in status["applied"])
     assert status["pending"] == [
-        {"version": LATEST, "name": SHIPPED[-1].name, "transactional": True}
+        {"version": LATEST, "name": SHIPPED[-1].name, "transactional": SHIPPED[-1].transactional}
     ]
     code, out, err = await run_flashsale(mine, "db", "migrate")
     assert code == 0, err
-    assert out.splitlines()[0].startswith(f"applied {LABELS[-1]} in ")
+    assert out.splitlines()[0].startswith(f"applied {LABELS[-1]} ")
+    assert " in " in out.splitlines()[0]
 
     # a shipped migration edited after it was applied
     await execute(url, "UPDATE schema_migrations SET checksum = 'e' || checksum WHERE version = 1")
@@ -589,3 +596,57 @@ async def test_sales_made_before_currencies_get_the_deployments_default_currency
     await execute(plain, insert_sale, "a", T0, T0 + timedelta(hours=1))
     await migrate_database(plain)
     assert await fetch(plain, "SELECT currency FROM sales") == [{"currency": "USD"}]
+
+
+async def test_0008_keeps_the_outbox_rows_and_their_dedupe_with_fewer_indexes(
+    new_database: NewDatabase,
+) -> None:
+    """0008 swaps outbox's created_at btree for a BRIN index and keeps event_id unique only
+    where (order_id, sequence) cannot tell events apart: payments naming no order (sequence
+    NULL). The rows stay; an order event or such a payment's event recorded again is still
+    stored once; two payments for one unknown order are two events."""
+    before = [m for m in SHIPPED if m.version < 8]
+    url = await new_database()
+    await migrate_database(url, before)
+    insert = (
+        "INSERT INTO outbox (event_id, order_id, sale_id, sequence, type, payload)"
+        " VALUES ($1, $2, NULL, $3, $4, '{}') ON CONFLICT DO NOTHING"
+    )
+    await execute(url, insert, "evt_a1", "o_a", 1, "order.reserved")
+    await execute(url, insert, "evt_a2", "o_a", 2, "order.paid")
+    await execute(url, insert, "evt_p1", "o_unknown", None, "payment.refund_required")
+    rows = await fetch(url, "SELECT * FROM outbox ORDER BY id")
+
+    await migrate_database(url)
+    assert await applied_versions(url) == list(range(1, LATEST + 1))
+    assert await fetch(url, "SELECT * FROM outbox ORDER BY id") == rows
+    indexes = {
+        r["indexname"]: r["indexdef"]
+        for r in await fetch(
+            url, "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'outbox'"
+        )
+    }
+    assert sorted(indexes) == [
+        "outbox_created_at_brin", "outbox_event_id_without_order", "outbox_order_id_sequence_key",
+        "outbox_pkey", "outbox_txid_id",
+    ]  # fmt: skip
+    assert "USING brin (created_at)" in indexes["outbox_created_at_brin"]
+    assert indexes["outbox_event_id_without_order"].endswith(
+        "USING btree (event_id) WHERE (sequence IS NULL)"
+    )
+    fresh = await new_database()
+    await migrate_database(fresh)
+    assert await schema_of(url) == await schema_of(fresh)
+
+    await execute(url, insert, "evt_a1", "o_a", 1, "order.reserved")  # a replay
+    await execute(url, insert, "evt_p1", "o_unknown", None, "payment.refund_required")
+    await execute(url, insert, "evt_p2", "o_unknown", None, "payment.refund_required")
+    after = await fetch(url, "SELECT event_id FROM outbox ORDER BY id")
+    assert [r["event_id"] for r in after] == ["evt_a1", "evt_a2", "evt_p1", "evt_p2"]
+    with pytest.raises(asyncpg.UniqueViolationError):  # the pair alone keeps an order's apart
+        await execute(url, insert.split(" ON CONFLICT")[0], "evt_other", "o_a", 2, "order.paid")
+
+    # run again from the top (a crash before its record): nothing changes
+    await execute(url, "DELETE FROM schema_migrations WHERE version = 8")
+    assert [m.label for m in await migrate_database(url)] == [SHIPPED[7].label]
+    assert await schema_of(url) == await schema_of(fresh)

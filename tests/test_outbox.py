@@ -7,12 +7,21 @@ import asyncio
 import json
 import re
 import time
+import uuid
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, cast
 
 import asyncpg
 
 from flashsale.ids import new_order_id
+from flashsale.models import SaleDefinition
+from flashsale.outbox import receivers
+from flashsale.outbox.events import record_events
+from flashsale.payments.store import PaymentRow
 from flashsale.settings import ConfirmMode
+from flashsale.store import sales
+from flashsale.store.orders import OrderRow
 from flashsale.store.writer import OrderWriter
 from tests.conftest import ServiceFactory
 from tests.helpers import Service
@@ -178,3 +187,170 @@ async def test_confirm_mode_postgres_commits_the_event_with_the_order(
     before = await _events(service.services.pool, sid)
     await _writer(service).drain()
     assert await _events(service.services.pool, sid) == before
+
+
+# The payloads and event ids as flashsale 0.2.0 built them, in SQL (migration 0008 moved the
+# building to Python): what receivers and GET /v1/admin/events saw must not change.
+_ISO_SQL = """to_char((timestamptz 'epoch' + {} * interval '1 millisecond') AT TIME ZONE 'UTC',
+                      'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
+_ID_SQL = "'evt_' || left(encode(sha256(convert_to({}, 'UTF8')), 'hex'), 32)"
+_ORDER_EVENTS_0_2_0 = f"""
+SELECT {_ID_SQL.format("t.o || '#' || t.v")} AS event_id,
+       jsonb_build_object(
+           'type', 'order.' || t.st,
+           'timestamp', {_ISO_SQL.format("t.a")},
+           'data', jsonb_build_object(
+               'order_id', t.o, 'sale_id', t.s, 'user_id', t.u, 'sequence', t.v,
+               'status', t.st, 'quantity', t.q, 'amount_cents', s.price_cents * t.q,
+               'currency', s.currency, 'created_at', {_ISO_SQL.format("t.c")},
+               'expires_at', {_ISO_SQL.format("t.e")}, 'updated_at', {_ISO_SQL.format("t.a")}
+           ) || CASE WHEN t.cp <> '' THEN jsonb_build_object('campaign', t.cp)
+                     ELSE '{{}}'::jsonb END
+       )::text AS payload
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::int[],
+            $7::bigint[], $8::bigint[], $9::bigint[], $10::text[])
+     WITH ORDINALITY AS t(o, s, u, q, st, v, e, c, a, cp, n)
+JOIN sales s ON s.sale_id = t.s
+ORDER BY t.n
+"""
+_REFUNDS_0_2_0 = f"""
+SELECT CASE WHEN t.v IS NULL THEN {_ID_SQL.format("'payment#' || t.p")}
+            ELSE {_ID_SQL.format("t.o || '#' || t.v")} END AS event_id,
+       jsonb_build_object(
+           'type', 'payment.refund_required',
+           'timestamp', {_ISO_SQL.format("t.a")},
+           'data', jsonb_build_object(
+               'order_id', t.o, 'sale_id', t.s, 'user_id', t.u, 'sequence', t.v,
+               'status', t.st, 'quantity', t.q, 'amount_cents', s.price_cents * t.q,
+               'currency', s.currency, 'created_at', {_ISO_SQL.format("t.c")},
+               'expires_at', {_ISO_SQL.format("t.e")}, 'payment_id', t.p, 'reason', t.r,
+               'payment_amount_cents', t.m, 'payment_currency', t.cur
+           )
+       )::text AS payload
+FROM unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::text[], $6::bigint[],
+            $7::text[], $8::bigint[], $9::text[], $10::int[], $11::text[], $12::bigint[],
+            $13::bigint[])
+     WITH ORDINALITY AS t(p, o, s, v, r, m, cur, a, u, q, st, c, e, n)
+LEFT JOIN sales s ON s.sale_id = t.s
+ORDER BY t.n
+"""
+
+
+async def test_payloads_and_event_ids_are_byte_for_byte_those_of_0_2_0(
+    pg: asyncpg.Pool,
+) -> None:
+    now = int(time.time() * 1000)
+    sale_id = f"eq-{uuid.uuid4().hex[:8]}"
+    sale = SaleDefinition(
+        sale_id=sale_id, sku="eq", name="eq", price_cents=1999, stock=10, per_user_limit=5,
+        starts_ms=now, ends_ms=now + 3_600_000, reservation_ttl_s=60, currency="EUR",
+    )  # fmt: skip
+    await sales.insert_sale(pg, sale)
+    odd_user = 'Zoë "the \\ buyer"\t\u2028\U0001f600 </script>'
+    orders = [
+        OrderRow(new_order_id(sale_id), sale_id, "u1", 1, "reserved", 1, now + 60_000, now, now),
+        OrderRow(
+            new_order_id(sale_id),
+            sale_id,
+            odd_user,
+            3,
+            "paid",
+            2,
+            now + 60_999,
+            now + 7,
+            now + 1_001,
+            campaign='spring "drop"',
+        ),
+        OrderRow(new_order_id(sale_id), sale_id, "u3", 1, "expired", 2, 0, 999, 1_000_000_000_001),
+    ]
+    with_order = orders[1]
+    refunds = [
+        PaymentRow(
+            "pay_1", with_order.order_id, sale_id, 5997, "EUR", "refund_required",
+            "order_cancelled", False, "msg_1", now, now + 5, 3,
+            order=replace(with_order, status="cancelled", version=3),
+        ),
+        PaymentRow("pay_2", "o_nowhere", None, 100, "USD", "refund_required", "order_not_found",
+                   False, "msg_2", now, now + 6, None),
+        PaymentRow("pay_3", new_order_id(sale_id), sale_id, 1, "JPY", "refund_required",
+                   "order_not_found", False, "msg_3", now, now + 8, None),
+    ]  # fmt: skip
+    async with pg.acquire() as conn, conn.transaction():
+        await record_events(conn, [*orders, *refunds])
+        stored = await conn.fetch(
+            "SELECT event_id, payload::text AS payload FROM outbox"
+            " WHERE order_id = ANY($1::text[]) ORDER BY id",
+            [r.order_id for r in orders] + [r.order_id for r in refunds],
+        )
+        expected = await conn.fetch(
+            _ORDER_EVENTS_0_2_0,
+            [r.order_id for r in orders], [r.sale_id for r in orders],
+            [r.user_id for r in orders], [r.quantity for r in orders],
+            [r.status for r in orders], [r.version for r in orders],
+            [r.expires_ms for r in orders], [r.created_ms for r in orders],
+            [r.updated_ms for r in orders], [r.campaign for r in orders],
+        )  # fmt: skip
+        expected += await conn.fetch(
+            _REFUNDS_0_2_0,
+            [r.payment_id for r in refunds], [r.order_id for r in refunds],
+            [r.sale_id for r in refunds], [r.order_version for r in refunds],
+            [r.reason for r in refunds], [r.amount_cents for r in refunds],
+            [r.currency for r in refunds], [r.decided_ms for r in refunds],
+            [r.order.user_id if r.order else None for r in refunds],
+            [r.order.quantity if r.order else None for r in refunds],
+            [r.order.status if r.order else None for r in refunds],
+            [r.order.created_ms if r.order else None for r in refunds],
+            [r.order.expires_ms if r.order else None for r in refunds],
+        )  # fmt: skip
+        # recorded again (a replayed batch): nothing more
+        await record_events(conn, [*orders, *refunds])
+        again = await conn.fetchval(
+            "SELECT count(*) FROM outbox WHERE order_id = ANY($1::text[])",
+            [r.order_id for r in orders] + [r.order_id for r in refunds],
+        )
+    assert [tuple(r) for r in stored] == [tuple(r) for r in expected]
+    assert len(stored) == again == 6
+    assert json.loads(stored[1]["payload"])["data"]["user_id"] == odd_user
+
+
+async def test_redeliver_since_finds_exactly_the_events_since_through_the_brin_index(
+    pg: asyncpg.Pool,
+) -> None:
+    """`flashsale events redeliver --since` reads the outbox by created_at, which migration
+    0008 indexes with BRIN: the events recorded at or after the time are queued again, none
+    before, and an index (not a scan of the whole table) finds them."""
+    url = f"http://127.0.0.1:9/{uuid.uuid4().hex}"
+    # a table that grew over a day, a row a minute, in a day of its own (other tests' rows
+    # are of today)
+    start = datetime(2100, 1, 1, tzinfo=UTC)
+    tag = uuid.uuid4().hex[:8]
+    ids = await pg.fetch(
+        "INSERT INTO outbox (event_id, order_id, sale_id, sequence, type, payload, created_at)"
+        " SELECT 'evt_' || $1 || g, 'o_' || $1 || g, NULL, 1, 'order.reserved', '{}',"
+        "        $2::timestamptz + g * interval '1 minute'"
+        " FROM generate_series(0, 1439) g ORDER BY g RETURNING id, txid::text AS txid",
+        tag, start,
+    )  # fmt: skip
+    last = max(ids, key=lambda r: (int(r["txid"]), r["id"]))
+    # the receiver has taken them all (its cursor is past them)
+    await pg.execute(
+        "INSERT INTO webhook_receivers (url, cursor_txid, cursor_id)"
+        " VALUES ($1, $2::text::xid8, $3)",
+        url, last["txid"], last["id"],
+    )  # fmt: skip
+    since = start + timedelta(hours=23, minutes=30)  # the last 30 minutes: 30 rows
+    assert await receivers.redeliver(pg, url, since, enable=False) == 30
+    queued = await pg.fetch(
+        "SELECT o.order_id FROM outbox_deliveries d JOIN outbox o ON o.id = d.outbox_id"
+        " WHERE d.receiver = $1 ORDER BY o.id",
+        url,
+    )
+    assert [r["order_id"] for r in queued] == [f"o_{tag}{g}" for g in range(1410, 1440)]
+    assert await receivers.redeliver(pg, url, start + timedelta(days=1), enable=False) == 0
+
+    async with pg.acquire() as conn, conn.transaction():
+        await conn.execute("SET LOCAL enable_seqscan = off")
+        plan = await conn.fetchval(
+            "EXPLAIN (FORMAT JSON) SELECT id FROM outbox WHERE created_at >= $1", since
+        )
+    assert "outbox_created_at_brin" in plan

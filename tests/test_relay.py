@@ -357,6 +357,93 @@ async def test_two_relays_share_the_work_never_together_and_in_order(
     assert two.counts.delivered
 
 
+async def test_two_relays_split_a_backlog_rather_than_wait_for_each_other(
+    service: Service, receiver: Receiver, database_url: str
+) -> None:
+    """While one relay's batch is out, another takes the next orders (passing over those the
+    first holds) instead of finding the same candidates locked and waiting: both batches are
+    in flight at once."""
+    in_flight = 0
+    most = 0
+
+    async def slow(arrival: Arrival, r: Receiver) -> int:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(0.3)
+        in_flight -= 1
+        return 200
+
+    receiver.behaviour = slow
+    _, per_order = await _sale_with_events(service, receiver.url, 40, ("reserved",))
+    pool = service.services.pool
+    ids = await event_ids(pool, [rows[0] for rows in per_order])
+    other = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        config = relay_config(receiver.url, batch_size=10, timeout_s=5)
+        async with running(pool, config) as one, running(other, config) as two:
+            await _all_delivered(pool, receiver, ids)
+    finally:
+        await other.close()
+    _assert_clean(receiver)
+    assert sorted(a.webhook_id for a in receiver.arrivals) == sorted(ids)  # each once
+    assert most > config.batch_size  # two batches out together
+    assert one.counts.delivered
+    assert two.counts.delivered
+
+
+async def test_serve_runs_several_relays_that_share_the_work(
+    settings: Settings, receiver: Receiver, pg: asyncpg.Pool
+) -> None:
+    """FLASHSALE_RELAY_PROCESSES relays under serve: each event once at a time, each order's
+    in order, and batches of the two out at once."""
+    in_flight = 0
+    most = 0
+
+    async def jittery(arrival: Arrival, r: Receiver) -> int:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(random.uniform(0.05, 0.2))
+        in_flight -= 1
+        return 500 if random.random() < 0.1 else 200
+
+    receiver.behaviour = jittery
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = flashsale_env(
+        settings, FLASHSALE_WEBHOOK_URLS=receiver.url, FLASHSALE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+        FLASHSALE_RELAY_PROCESSES="2", FLASHSALE_WEBHOOK_BATCH_SIZE="5",
+        FLASHSALE_WEBHOOK_RETRY_BASE_S="0.05", FLASHSALE_WEBHOOK_RETRY_CAP_S="0.1",
+    )  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "flashsale", "serve", "--port", str(port), "--workers", "1",
+        env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            await wait_until(lambda: _healthy(http, base), WAIT_S)
+            admin = {"Authorization": f"Bearer {settings.admin_token}"}
+            async with http.post(f"{base}/v1/admin/sales", json=sale_spec(), headers=admin) as r:
+                sid = (await r.json())["sale"]["sale_id"]
+        await wait_until(lambda: _registered(settings.database_url, receiver.url), WAIT_S)
+        per_order = [order_rows(sid, ("reserved", "paid", "expired"), user=f"u{i}")
+                     for i in range(30)]  # fmt: skip
+        await record(pg, [r for rows in per_order for r in rows])
+        ids = await event_ids(pg, [r for rows in per_order for r in rows])
+        await _all_delivered(pg, receiver, ids)
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()
+    assert "and an order events relay (2 process(es))" in err.decode()
+    _assert_clean(receiver)
+    assert receiver.delivered_ids() == set(ids)
+    assert most > 5  # one relay has at most a batch of 5 out at once: the two shared it
+
+
 async def _failing(pool: asyncpg.Pool, url: str) -> bool:
     since = await pool.fetchval("SELECT failing_since FROM webhook_receivers WHERE url = $1", url)
     return since is not None
@@ -542,6 +629,17 @@ def test_webhook_settings_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.webhook_urls == ("https://a.example/h", "http://b.example:81/h")
     assert settings.webhook_key == WEBHOOK_KEY
     assert settings.webhook_retry_base_s == 0.5
+    assert 1 <= settings.relay_processes <= 4  # one a core, up to four
+    monkeypatch.setenv("FLASHSALE_RELAY_PROCESSES", "3")
+    monkeypatch.setenv("FLASHSALE_WEBHOOK_BATCH_SIZE", "300")
+    settings = Settings.from_env()
+    assert (settings.relay_processes, settings.webhook_batch_size) == (3, 300)
+    for name, bad in [("FLASHSALE_RELAY_PROCESSES", "0"), ("FLASHSALE_WEBHOOK_BATCH_SIZE", "0"),
+                      ("FLASHSALE_RELAY_PROCESSES", "two")]:  # fmt: skip
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(SettingsError, match=name):
+            Settings.from_env()
+        monkeypatch.delenv(name)
     for bad in ["ftp://a.example/h", "https://", "http://a.example:x/h", "a.example/h"]:
         monkeypatch.setenv("FLASHSALE_WEBHOOK_URLS", bad)
         with pytest.raises(SettingsError, match="not an http"):

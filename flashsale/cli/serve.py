@@ -5,10 +5,12 @@ Every HTTP worker binds the same port with SO_REUSEPORT, so the kernel spreads c
 them and a bigger machine uses all its cores (``--workers N``, one a core). The order writer
 runs beside them in its own process, so carrying orders to PostgreSQL never takes CPU from the
 requests of a sale (several writers are safe: see store/writer.py). When
-FLASHSALE_WEBHOOK_URLS is set, the order events relay (outbox/relay.py) runs in a process of
-its own too. The parent only supervises: a process that dies is started again, and SIGTERM
-or SIGINT is passed on for a clean shutdown. Children stop by themselves if the parent is
-killed outright.
+FLASHSALE_WEBHOOK_URLS is set, the order events relay (outbox/relay.py) runs in processes of
+its own too: FLASHSALE_RELAY_PROCESSES of them (one a core by default, up to four), sharing
+the work an order at a time, so that a launch's backlog of events is delivered with every
+core the sale leaves free. The parent only supervises: a process that dies is started again,
+and SIGTERM or SIGINT is passed on for a clean shutdown. Children stop by themselves if the
+parent is killed outright.
 
 ``--single-process`` runs everything (HTTP, writer, sweeper) in one process instead; no relay
 (run ``flashsale relay`` beside it).
@@ -116,8 +118,9 @@ def serve_supervised(
     settings: Settings, host: str, port: int, workers: int, verbose: bool = False
 ) -> int:
     """Run ``workers`` HTTP processes on one port, and the order writer (unless
-    FLASHSALE_RUN_WRITER is off) and the order events relay (when FLASHSALE_WEBHOOK_URLS is
-    set) in processes of their own, until SIGTERM or SIGINT."""
+    FLASHSALE_RUN_WRITER is off) and the order events relay (FLASHSALE_RELAY_PROCESSES of
+    them, when FLASHSALE_WEBHOOK_URLS is set) in processes of their own, until SIGTERM or
+    SIGINT."""
     # before any child starts: each imports the metrics library with the directory set
     metrics_dir = multiprocess.prepare() if settings.metrics else None
     try:
@@ -152,10 +155,10 @@ def _supervise(
                                     args=(settings, consumer, parent, verbose))
         )  # fmt: skip
     if settings.webhook_urls:
-        starters.append(
+        starters += [
             lambda: context.Process(target=_relay_process, name="flashsale-relay",
                                     args=(settings, parent, verbose))
-        )  # fmt: skip
+        ] * settings.relay_processes  # fmt: skip
     stopping = False
 
     def start(i: int) -> BaseProcess:
@@ -178,9 +181,10 @@ def _supervise(
     running = [start(i) for i in range(len(starters))]
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    relays = settings.relay_processes if settings.webhook_urls else 0
     log.info("serving on %s:%d with %d worker(s)%s%s", host, port, workers,
              " and an order writer" if settings.run_writer else "",
-             " and an order events relay" if settings.webhook_urls else "")  # fmt: skip
+             f" and an order events relay ({relays} process(es))" if relays else "")  # fmt: skip
     while not stopping:
         for i, process in enumerate(running):
             if not process.is_alive() and not stopping:

@@ -6,6 +6,10 @@ It listens on a free local port, verifies each delivery's Standard Webhooks sign
 id, order, sequence, type, when) and answers 200; a delivery it cannot verify or read is
 answered 400 and counted. Every delivery is recorded, repeats too: what arrived, in the order
 it arrived, is what handoff_checks.py judges.
+
+It is aiohttp's low-level server (one handler, no application, router or middlewares): in a
+rehearsal it shares the machine with the sale and the relay, and takes a request of every
+event of the launch.
 """
 
 from __future__ import annotations
@@ -64,13 +68,12 @@ class EventReceiver:
         self.arrivals: list[Arrival] = []
         self.refused = 0  # deliveries answered 400: a bad signature or not an order event
         self.url = ""
-        self._runner: web.AppRunner | None = None
+        self._runner: web.ServerRunner | None = None
 
     async def start(self, host: str = "127.0.0.1") -> str:
         """Listen on a free port of ``host``; the URL to give FLASHSALE_WEBHOOK_URLS."""
-        app = web.Application()
-        app.router.add_post(PATH, self._receive)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        server = web.Server(self._receive, access_log=None)
+        self._runner = web.ServerRunner(server, handle_signals=False)
         await self._runner.setup()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -85,7 +88,11 @@ class EventReceiver:
             await self._runner.cleanup()
             self._runner = None
 
-    async def _receive(self, request: web.Request) -> web.Response:
+    async def _receive(self, request: web.BaseRequest) -> web.Response:
+        if request.path != PATH:
+            return web.Response(status=404)
+        if request.method != "POST":
+            return web.Response(status=405, headers={"Allow": "POST"})
         body = await request.read()
         now = time.time()
         try:

@@ -24,13 +24,18 @@ VALUES ($1, pg_snapshot_xmin(pg_current_snapshot()), 0)
 ON CONFLICT (url) DO NOTHING
 """
 
-# the cursor comes as parameters, so that the outbox is read from it by its index
+# The cursor comes as parameters, so that the outbox is read from it by its index. One
+# statement, no transaction around it: the advisory lock (one relay at a time takes a
+# receiver's events) lasts as long as the statement, and the cursor moves only from where it
+# was read, so a relay that read it before another moved it takes nothing twice. (The lock
+# takes no transaction id, which would hold back the snapshot's xmin the statement reads by.)
 _INTAKE = """
 WITH batch AS (
     SELECT o.id, o.txid, o.order_id, o.sequence
     FROM outbox o
     WHERE (o.txid, o.id) > ($2::text::xid8, $3::bigint)
       AND o.txid < pg_snapshot_xmin(pg_current_snapshot())
+      AND (SELECT pg_try_advisory_xact_lock($5, hashtext($1)))
     ORDER BY o.txid, o.id
     LIMIT $4
 ), taken AS (
@@ -40,9 +45,22 @@ WITH batch AS (
 ), moved AS (
     UPDATE webhook_receivers w SET cursor_txid = last.txid, cursor_id = last.id
     FROM (SELECT txid, id FROM batch ORDER BY txid DESC, id DESC LIMIT 1) last
-    WHERE w.url = $1
+    WHERE w.url = $1 AND w.cursor_txid = $2::text::xid8 AND w.cursor_id = $3::bigint
 )
 SELECT count(*) FROM batch
+"""
+
+_CURSOR = """
+SELECT cursor_txid::text AS txid, cursor_id, disabled_at IS NOT NULL AS disabled
+FROM webhook_receivers WHERE url = $1
+"""
+
+# a success clears failing_since; the row is written only when that changes (or now and
+# then), so relays sharing a receiver seldom queue on it
+MARK_HEALTHY = """
+UPDATE webhook_receivers SET failing_since = NULL, last_error = NULL, last_success_at = now()
+WHERE url = $1 AND (failing_since IS NOT NULL OR last_success_at IS NULL
+                    OR last_success_at < now() - interval '10 seconds')
 """
 
 _STATUS = """
@@ -147,25 +165,17 @@ async def is_disabled(conn: asyncpg.Connection | asyncpg.Pool, url: str) -> bool
     return disabled is not None
 
 
-async def intake(pool: asyncpg.Pool, url: str, limit: int) -> int:
-    """Take up to ``limit`` new outbox rows for ``url`` as pending deliveries; how many. Another
-    relay doing the same for this receiver right now makes this one take nothing."""
-    async with pool.acquire() as conn, conn.transaction():
-        # an advisory lock takes no transaction id, which would hold back the snapshot's xmin
-        # the statement below reads by
-        if not await conn.fetchval(
-            "SELECT pg_try_advisory_xact_lock($1, hashtext($2))", _INTAKE_LOCK, url
-        ):
-            return 0
-        cursor = await conn.fetchrow(
-            "SELECT cursor_txid::text AS txid, cursor_id FROM webhook_receivers"
-            " WHERE url = $1 AND disabled_at IS NULL",
-            url,
-        )
-        if cursor is None:  # disabled (or not registered)
-            return 0
-        taken: int = await conn.fetchval(_INTAKE, url, cursor["txid"], cursor["cursor_id"], limit)
-        return taken
+async def intake(conn: asyncpg.Connection | asyncpg.Pool, url: str, limit: int) -> int | None:
+    """Take up to ``limit`` new outbox rows for ``url`` as pending deliveries; how many, or
+    None when the receiver is disabled (or not registered). Another relay doing the same for
+    this receiver right now makes this one take nothing."""
+    cursor = await conn.fetchrow(_CURSOR, url)
+    if cursor is None or cursor["disabled"]:
+        return None
+    taken: int = await conn.fetchval(
+        _INTAKE, url, cursor["txid"], cursor["cursor_id"], limit, _INTAKE_LOCK
+    )
+    return taken
 
 
 async def remove(conn: asyncpg.Connection | asyncpg.Pool, url: str) -> None:
@@ -183,16 +193,11 @@ async def disable(conn: asyncpg.Connection, url: str, reason: str) -> None:
 
 
 async def record_health(conn: asyncpg.Connection, url: str, *, ok: bool, error: str | None) -> None:
-    """After a batch: a success clears ``failing_since``; failures alone set it. The row is
-    written only when that changes (or now and then), so relays sharing a receiver seldom
-    queue on it."""
+    """After a batch: a success clears ``failing_since`` (``MARK_HEALTHY``); failures alone
+    set it. The row is written only when that changes (or now and then), so relays sharing a
+    receiver seldom queue on it."""
     if ok:
-        await conn.execute(
-            "UPDATE webhook_receivers SET failing_since = NULL, last_error = NULL,"
-            " last_success_at = now() WHERE url = $1 AND (failing_since IS NOT NULL"
-            " OR last_success_at IS NULL OR last_success_at < now() - interval '10 seconds')",
-            url,
-        )
+        await conn.execute(MARK_HEALTHY, url)
     else:
         await conn.execute(
             "UPDATE webhook_receivers SET failing_since = coalesce(failing_since, now()),"

@@ -3,11 +3,12 @@ order, signed the Standard Webhooks way.
 
 For each receiver the relay loops: take the newly committed outbox rows as pending deliveries
 (receivers.intake), claim a batch, POST them, record the answers. The claim is per order, not
-per row: a relay picks orders whose earliest pending event for that receiver is due, takes a
-session-level advisory lock on each (receiver, order) it can (``pg_try_advisory_lock``: one
-held by another relay is skipped), reads those orders' earliest pending events again under
-the locks, sends them, records the answers in a short transaction and only then lets go of
-the locks. So:
+per row: a relay picks orders whose earliest pending event for that receiver is due, taking a
+session-level advisory lock on each (receiver, order) as it goes (``pg_try_advisory_lock``:
+one held by another relay is passed over, so relays sharing a receiver take different
+orders, soonest due first), reads those orders' earliest pending events again under the
+locks, sends them, records the answers (one statement when all went well) and only then lets
+go of the locks. So:
 
 - **one sender at a time**: while a relay holds an order's lock, no other sends any event of
   that order to that receiver; and since only an order's earliest pending event is ever sent,
@@ -34,6 +35,11 @@ first attempt: then it is marked given up for that receiver, logged and counted
 (``flashsale events status``), and the order's next event goes. An answer of 410 Gone disables
 the receiver until ``flashsale events redeliver --receiver URL`` enables it again.
 
+Sending is sender.py's lean HTTP/1.1 client, which costs a fraction of aiohttp's client an
+event (the relay was CPU-bound on it); a batch goes out over up to ``connections`` keep-alive
+connections at once. Several relays (``serve`` starts FLASHSALE_RELAY_PROCESSES of them) use
+several cores.
+
 The relay's queries are planned from ``outbox_deliveries``' statistics, which autovacuum
 gathers a minute apart at best. A table that grew from nothing in a launch's first minute has
 none, and without them PostgreSQL chose plans that read every pending delivery of the receiver
@@ -52,18 +58,19 @@ import random
 import time
 from dataclasses import dataclass
 
-import aiohttp
 import asyncpg
 
 from flashsale import __version__
 from flashsale.outbox import receivers
+from flashsale.outbox.sender import Answer, Sender
 from flashsale.settings import Settings
-from flashsale.webhooks.signing import headers_for
+from flashsale.webhooks.signing import sign
 
 log = logging.getLogger(__name__)
 
-_MAX_ERROR_CHARS = 500
 ANALYZE_FROM_ROWS = 1000
+# orders looked at for a batch, in batches: those another relay holds are passed over
+_CANDIDATE_WINDOW = 4
 
 # For one receiver ($1): each order's earliest pending event, due, whose predecessor has been
 # taken in for this receiver (or, not in the outbox at all, cannot be waited for any longer
@@ -83,16 +90,15 @@ WHERE d.receiver = $1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL
        o.created_at <= clock_timestamp() - $2 * interval '1 second'))
 """
 
-# the orders with an event to send, soonest due first
+# The orders with an event to send, soonest due first, each locked until
+# pg_advisory_unlock_all() as it is taken; one held by another relay is passed over. The lock
+# is tried only on the rows the LIMIT takes (a volatile condition stays above the subquery),
+# so no lock is taken on an order that is not returned.
 _CANDIDATES = f"""
-SELECT d.order_id {_ELIGIBLE}
-ORDER BY d.next_attempt_at, d.outbox_id
+SELECT c.order_id
+FROM (SELECT d.order_id {_ELIGIBLE} ORDER BY d.next_attempt_at, d.outbox_id LIMIT $4) c
+WHERE pg_try_advisory_lock(hashtext($1), hashtext(c.order_id))
 LIMIT $3
-"""
-
-# of those, the ones no other relay holds, locked until pg_advisory_unlock_all()
-_LOCK = """
-SELECT o FROM unnest($2::text[]) AS o WHERE pg_try_advisory_lock(hashtext($1), hashtext(o))
 """
 
 # read again, under the locks: another relay may have sent an event since the first look
@@ -108,6 +114,13 @@ SET delivered_at = clock_timestamp(), attempts = attempts + 1,
     last_attempt_at = clock_timestamp(), last_error = NULL,
     first_attempt_at = coalesce(first_attempt_at, clock_timestamp())
 WHERE receiver = $1 AND outbox_id = ANY($2::bigint[])
+"""
+
+# a batch that all went well: recorded, and the receiver healthy, in one statement
+_ALL_DELIVERED = f"""
+WITH delivered AS ({_DELIVERED.strip()}),
+healthy AS ({receivers.MARK_HEALTHY.strip()})
+SELECT 1
 """
 
 # a failure past give_up_s since the first attempt is the last one
@@ -134,8 +147,9 @@ class RelayConfig:
     retry_cap_s: float = 3600.0
     give_up_s: float = 86_400.0
     gap_wait_s: float = 60.0
-    batch_size: int = 50
+    batch_size: int = 200
     poll_s: float = 0.25
+    connections: int = 50  # to each receiver: how many events of a batch are in flight at once
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RelayConfig:
@@ -169,13 +183,6 @@ class _Claimed:
     body: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    ok: bool
-    gone: bool = False  # 410: the receiver asks to be sent nothing more
-    error: str | None = None
-
-
 @dataclass
 class RelayCounts:
     """What this relay has done since it started."""
@@ -190,42 +197,51 @@ class Relay:
         self.pool = pool
         self.config = config
         self.counts = RelayCounts()
-        self._session: aiohttp.ClientSession | None = None
+        self._senders: dict[str, Sender] = {}
         self._taken = 0  # deliveries taken in by this relay
         self._taken_when_analyzed = 0
 
     async def run(self) -> None:
         """Deliver to every receiver until cancelled; one task each, so a slow receiver never
         holds up the others."""
-        connector = aiohttp.TCPConnector(limit_per_host=self.config.batch_size)
-        async with (
-            aiohttp.ClientSession(
-                connector=connector,
-                headers={"User-Agent": f"flashsale/{__version__}"},
-                timeout=aiohttp.ClientTimeout(total=self.config.timeout_s),
-            ) as self._session,
-            asyncio.TaskGroup() as group,
-        ):
-            for url in self.config.urls:
-                group.create_task(self._serve(url), name=f"relay {url}")
+        self._senders = {
+            url: Sender(
+                url, timeout_s=self.config.timeout_s, connections=self.config.connections,
+                user_agent=f"flashsale/{__version__}",
+            )
+            for url in self.config.urls
+        }  # fmt: skip
+        try:
+            async with asyncio.TaskGroup() as group:
+                for url in self.config.urls:
+                    group.create_task(self._serve(url), name=f"relay {url}")
+        finally:
+            for sender in self._senders.values():
+                sender.close()
 
     async def _serve(self, url: str) -> None:
         delay = self.config.poll_s
-        registered = False
         while True:
             try:
-                if not registered:
-                    await receivers.register(self.pool, url)
-                    registered = True
-                if await receivers.is_disabled(self.pool, url):
-                    await asyncio.sleep(max(1.0, self.config.poll_s))
-                    continue
-                taken = await receivers.intake(self.pool, url, 10 * self.config.batch_size)
-                await self._analyze_if_grown(taken)
-                sent = await self.send_batch(url)
-                delay = self.config.poll_s
-                if sent < self.config.batch_size and not taken:
-                    await asyncio.sleep(self.config.poll_s)
+                # one connection for as long as it works: the pool resets a connection it gets
+                # back, a round trip a batch that nothing needs
+                async with self.pool.acquire() as conn:
+                    while True:
+                        taken_or_off = await receivers.intake(
+                            conn, url, 10 * self.config.batch_size
+                        )
+                        if taken_or_off is None:  # disabled, or not known yet
+                            if await receivers.is_disabled(conn, url):
+                                await asyncio.sleep(max(1.0, self.config.poll_s))
+                            else:
+                                await receivers.register(conn, url)
+                            continue
+                        taken = taken_or_off
+                        await self._analyze_if_grown(conn, taken)
+                        sent = await self.send_batch(url, conn)
+                        delay = self.config.poll_s
+                        if sent < self.config.batch_size and not taken:
+                            await asyncio.sleep(self.config.poll_s)
             except asyncio.CancelledError:
                 raise
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
@@ -233,7 +249,7 @@ class Relay:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _analyze_if_grown(self, taken: int) -> None:
+    async def _analyze_if_grown(self, conn: asyncpg.Connection, taken: int) -> None:
         """``ANALYZE outbox_deliveries`` once the deliveries taken in have doubled since the
         last time (see the module's docstring). Skipped, not waited for, while autovacuum or
         another relay is at it."""
@@ -242,61 +258,62 @@ class Relay:
             return
         self._taken_when_analyzed = self._taken
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with conn.transaction():
                 await conn.execute("SET LOCAL lock_timeout = '200ms'")
                 await conn.execute("ANALYZE outbox_deliveries")
         except asyncpg.LockNotAvailableError:
             return
         log.debug("relay: analyzed outbox_deliveries after %d deliveries taken in", self._taken)
 
-    async def send_batch(self, url: str) -> int:
+    async def send_batch(self, url: str, conn: asyncpg.Connection | None = None) -> int:
         """Claim, send and record one batch for ``url``; how many events were sent."""
+        if conn is None:
+            async with self.pool.acquire() as conn:
+                return await self.send_batch(url, conn)
         gap_wait_s = self.config.gap_wait_s
-        async with self.pool.acquire() as conn:
-            candidates = await conn.fetch(_CANDIDATES, url, gap_wait_s, self.config.batch_size)
-            if not candidates:
+        batch_size = self.config.batch_size
+        locked = None
+        try:
+            locked = await conn.fetch(
+                _CANDIDATES, url, gap_wait_s, batch_size, _CANDIDATE_WINDOW * batch_size
+            )
+            if not locked:
                 return 0
-            orders = list(dict.fromkeys(r["order_id"] for r in candidates))
-            try:
-                locked = [r[0] for r in await conn.fetch(_LOCK, url, orders)]
-                if not locked:
-                    return 0
-                rows = await conn.fetch(_CLAIM, url, gap_wait_s, locked)
-                if not rows:
-                    return 0
-                claimed = [
-                    _Claimed(r["outbox_id"], r["attempts"], r["event_id"], r["order_id"],
-                             r["sequence"], r["payload"].encode())
-                    for r in rows
-                ]  # fmt: skip
-                answers = await asyncio.gather(*(self._post(url, c) for c in claimed))
+            orders = list(dict.fromkeys(r[0] for r in locked))
+            rows = await conn.fetch(_CLAIM, url, gap_wait_s, orders)
+            if not rows:
+                return 0
+            claimed = [_Claimed(r[0], r[1], r[2], r[3], r[4], r[5].encode()) for r in rows]
+            key, now = self.config.key, int(time.time())
+            stamp = str(now)
+            messages = [
+                (
+                    {
+                        "webhook-id": c.event_id,
+                        "webhook-timestamp": stamp,
+                        "webhook-signature": sign(key, c.event_id, now, c.body),
+                    },
+                    c.body,
+                )
+                for c in claimed
+            ]
+            answers = await self._senders[url].post_many(messages)
+            if all(a.ok for a in answers):
+                await conn.execute(_ALL_DELIVERED, url, [c.outbox_id for c in claimed])
+                self.counts.delivered += len(claimed)
+            else:
                 async with conn.transaction():
                     await self._record(conn, url, claimed, answers)
-            finally:
-                # after the commit: the next holder of a lock sees what this batch did. (The
-                # pool's reset does the same if this fails; a dead connection has none left.)
+        finally:
+            # after the commit: the next holder of a lock sees what this batch did. (The
+            # pool's reset does the same if this fails; a dead connection has none left.)
+            # No candidate, no lock taken.
+            if locked is None or locked:
                 await conn.execute("SELECT pg_advisory_unlock_all()")
         return len(claimed)
 
-    async def _post(self, url: str, event: _Claimed) -> _Answer:
-        assert self._session is not None, "send_batch runs inside run()"
-        headers = headers_for(self.config.key, event.event_id, int(time.time()), event.body)
-        headers["Content-Type"] = "application/json"
-        try:
-            async with self._session.post(
-                url, data=event.body, headers=headers, allow_redirects=False
-            ) as resp:
-                status = resp.status
-        except TimeoutError:
-            return _Answer(ok=False, error=f"no answer within {self.config.timeout_s:g} s")
-        except (aiohttp.ClientError, OSError) as exc:
-            return _Answer(ok=False, error=_shorten(f"{type(exc).__name__}: {exc}"))
-        if 200 <= status < 300:
-            return _Answer(ok=True)
-        return _Answer(ok=False, gone=status == 410, error=f"HTTP {status}")
-
     async def _record(
-        self, conn: asyncpg.Connection, url: str, claimed: list[_Claimed], answers: list[_Answer]
+        self, conn: asyncpg.Connection, url: str, claimed: list[_Claimed], answers: list[Answer]
     ) -> None:
         done = [c.outbox_id for c, a in zip(claimed, answers, strict=True) if a.ok]
         failed = [(c, a) for c, a in zip(claimed, answers, strict=True) if not a.ok]
@@ -337,7 +354,3 @@ class Relay:
         await receivers.record_health(
             conn, url, ok=bool(done), error=None if done else failed[0][1].error
         )
-
-
-def _shorten(text: str) -> str:
-    return text if len(text) <= _MAX_ERROR_CHARS else text[: _MAX_ERROR_CHARS - 1] + "…"

@@ -10,6 +10,8 @@ event), then times
 seconds of this process (the writer's Python) and of the PostgreSQL backends of its pool
 (from /proc, so PostgreSQL must run on this machine), which vary less than the wall time on a
 shared machine. Rounds alternate between the two variants; the ratios compare neighbours.
+``scripts/bench-outbox`` counts instructions instead, which vary far less
+(scripts/bench/outbox_instructions.py, which fills its sale with ``_fill`` from here).
 
     PYTHONPATH=. .venv/bin/python scripts/bench/outbox_cost.py [--orders N] [--rounds R]
         [--pay-share F] [--only with|without]   # one variant, e.g. under valgrind

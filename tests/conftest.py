@@ -1,4 +1,5 @@
-"""Fixtures: real Redis and PostgreSQL, one throwaway database per run, one key prefix per test.
+"""Fixtures: real Redis and PostgreSQL, one throwaway database per run (per worker process under
+pytest-xdist), one key prefix per test (its keys deleted when the session ends).
 
 The servers are the local ones unless ``FLASHSALE_TEST_REDIS_URL`` /
 ``FLASHSALE_TEST_DATABASE_URL`` name others. A missing server skips the tests on a laptop and
@@ -47,7 +48,9 @@ def database_url() -> Iterator[str]:
     server = os.environ.get(
         "FLASHSALE_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
     )
-    name = f"flashsale_test_{uuid.uuid4().hex[:12]}"
+    # each pytest-xdist worker is a session of its own, with a database of its own
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    name = f"flashsale_test_{worker}_{uuid.uuid4().hex[:12]}"
 
     async def admin(sql: str) -> None:
         conn = await asyncpg.connect(server, timeout=5)
@@ -64,18 +67,39 @@ def database_url() -> Iterator[str]:
     asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
-@pytest.fixture
-def key_prefix(redis_url: str) -> Iterator[str]:
-    """A key prefix of this test's own; its keys are deleted afterwards (SCAN, never FLUSH)."""
-    prefix = f"t{uuid.uuid4().hex[:10]}"
-    yield prefix
+PREFIX_HEX = 10  # a key prefix is "t" and this many hex digits
+
+
+@pytest.fixture(scope="session")
+def used_key_prefixes(redis_url: str) -> Iterator[set[str]]:
+    """The key prefixes this session's tests were given; their keys are deleted at its end.
+
+    One SCAN for the whole session, not one a test: a SCAN walks the server's whole keyspace,
+    and a shared Redis can hold other people's millions of keys (a launch rehearsal's)."""
+    prefixes: set[str] = set()
+    yield prefixes
     client = redis_sync.Redis.from_url(redis_url)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        keys = [
+            key
+            for key in client.scan_iter(match="t" + "?" * PREFIX_HEX + ":*", count=10_000)
+            if key.split(b":", 1)[0].decode() in prefixes
+        ]
         for i in range(0, len(keys), 500):
-            client.delete(*keys[i : i + 500])
+            client.unlink(*keys[i : i + 500])
     except redis_sync.RedisError:
-        pass  # a test that took the server away; nothing left to clean
+        pass  # the server went away; nothing to clean that can be reached
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def key_prefix(used_key_prefixes: set[str]) -> str:
+    """A key prefix of this test's own; its keys are deleted at the end of the session (SCAN,
+    never FLUSH)."""
+    prefix = f"t{uuid.uuid4().hex[:PREFIX_HEX]}"
+    used_key_prefixes.add(prefix)
+    return prefix
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
@@ -27,6 +28,11 @@ from flashsale.webhooks.signing import parse_secret
 
 # The payment service's signing secret in tests (the settings fixture gives it to the service)
 PAYMENT_SECRET = "whsec_Zmxhc2hzYWxlIHRlc3RzOiBwYXltZW50IGtleSAzMmI="
+
+# The tests that each keep both cores busy for many seconds (a launch rehearsal, the SIGKILL
+# campaign, the demos, the release's build and fresh venv): one pytest-xdist group, so they run
+# one after another on one worker, never beside each other (`--dist loadgroup`, pyproject.toml)
+whole_machine = pytest.mark.xdist_group("whole_machine")
 
 
 @dataclass

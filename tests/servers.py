@@ -11,6 +11,8 @@ the pytest process that made it. Cleanup is layered so that no server outlives i
   kills the server recorded in each (by its pid, checked against the process's working
   directory, never by name).
 
+Their ports, and those of the services tests start, come from :func:`free_port`, which no two
+test processes (pytest-xdist's workers, or runs side by side) are ever given at once.
 Readiness is polled (PING, ``pg_ctl -w``), never waited for with a fixed sleep. A missing binary
 skips the test on a laptop and fails it under CI (``CI=true``).
 """
@@ -19,7 +21,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import os
+import secrets
 import shlex
 import shutil
 import signal
@@ -37,9 +41,11 @@ import pytest
 CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_BIN = Path(os.environ.get("FLASHSALE_TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
 BASE = Path(tempfile.gettempdir()) / "flashsale-test-servers"
+PORTS = Path(tempfile.gettempdir()) / "flashsale-test-ports"
 START_TIMEOUT_S = 20.0
 
 _live: dict[int, PrivateRedis | PrivatePostgres] = {}
+_claimed: dict[int, int] = {}  # port -> the descriptor of its lock file, held until exit
 
 
 class ServerError(RuntimeError):
@@ -54,11 +60,63 @@ def missing(what: str) -> NoReturn:
     pytest.skip(message)
 
 
+def _claimable_ports() -> range:
+    """Ports below the kernel's ephemeral range, which neither ``bind(port 0)`` nor an outgoing
+    connection of any process is ever given."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    if low < 12000:  # an ephemeral range that covers almost everything: still claimed below
+        return range(20000, 30000)
+    return range(low - 10000, low)
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
+    """A port no other test process is using or will be given, free on 127.0.0.1 now.
+
+    Checking that a port is free and using it later leaves a gap in which another process can
+    take it; tests run in parallel processes (pytest-xdist), and a second ``serve --workers 2``
+    would even share the port (SO_REUSEPORT) without an error. So each port is claimed: an
+    exclusive ``flock`` on ``<tmp>/flashsale-test-ports/<port>``, held until this process
+    exits (the kernel drops it then, even after SIGKILL), and never handed out twice here.
+    Ports come from below the ephemeral range, so nothing that takes "any free port" gets one
+    either; the bind check skips ports that other programs listen on."""
+    PORTS.mkdir(exist_ok=True)
+    with contextlib.suppress(PermissionError):  # made by another user: theirs to set
+        PORTS.chmod(0o1777)  # every user's test processes claim ports here
+    candidates = _claimable_ports()
+    start = secrets.randbelow(len(candidates))  # not `random`: a test may have seeded it
+    for i in range(len(candidates)):
+        port = candidates[(start + i) % len(candidates)]
+        if port in _claimed:
+            continue
+        try:
+            fd = os.open(PORTS / str(port), os.O_RDONLY | os.O_CREAT, 0o644)
+        except OSError:
+            continue  # made by another user, unreadable: theirs
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # another test process holds it
+        if not _bindable(port):
+            os.close(fd)  # in use by something that claims nothing: leave it
+            continue
+        _claimed[port] = fd
         return port
+    raise ServerError(f"no free port left in {candidates}")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # as servers bind (SO_REUSEADDR): a port left in TIME_WAIT is free for them
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
 
 
 def _alive(pid: int) -> bool:
@@ -144,8 +202,8 @@ def _stop_all() -> None:
 
 
 def _start_on_a_free_port(server: PrivateRedis | PrivatePostgres, name: str) -> None:
-    """Start ``server`` on a free port; a port can be taken before the server binds it, so a
-    few tries."""
+    """Start ``server`` on a free port; a program that claims no port (see :func:`free_port`)
+    can take it before the server binds it, so a few tries."""
     for _ in range(5):
         server.port = free_port()
         try:

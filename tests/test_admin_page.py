@@ -140,6 +140,8 @@ def test_the_parser_finds_inline_script() -> None:
 # tests, and the services they start, run in the module's event loop, which the browser is
 # bound to.
 in_the_browser_loop = pytest.mark.asyncio(loop_scope="module")
+# ... and so on one pytest-xdist worker: the browser starts once
+pytestmark = pytest.mark.xdist_group("admin_page_browser")
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

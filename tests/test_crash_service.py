@@ -17,7 +17,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sys
 import time
 from collections import Counter
@@ -33,7 +32,8 @@ from flashsale.auth import issue_token
 from flashsale.payments.simulator import new_id, signed_notification
 from flashsale.settings import Settings
 from flashsale.webhooks.signing import parse_secret
-from tests.helpers import PAYMENT_SECRET, flashsale_env, run_flashsale, sale_spec
+from tests.helpers import PAYMENT_SECRET, flashsale_env, run_flashsale, sale_spec, whole_machine
+from tests.servers import free_port
 
 KILLS = int(os.environ.get("FLASHSALE_FAULT_KILLS", "50"))
 SEED = int(os.environ.get("FLASHSALE_FAULT_SEED", "1"))
@@ -52,13 +52,6 @@ class Ledger:
     cancelled: set[str] = field(default_factory=set)  # order ids answered 200 cancelled
     cancel_sent: set[str] = field(default_factory=set)  # order ids a cancel was sent for
     answers: Counter[str] = field(default_factory=Counter)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def _children(supervisor: int) -> list[psutil.Process]:
@@ -185,12 +178,13 @@ async def _wait_healthy(base: str, timeout_s: float = 30) -> None:
     raise AssertionError(f"the service did not come back within {timeout_s}s")
 
 
+@whole_machine
 @pytest.mark.timeout(300)
 async def test_service_killed_again_and_again_loses_no_confirmed_order(
     settings: Settings,
 ) -> None:
     rng = random.Random(SEED)
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flashsale", "serve", "--port", str(port), "--workers", "2",

@@ -8,7 +8,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,6 +34,7 @@ from flashsale.webhooks.signing import new_secret, parse_secret
 from tests.booking_helpers import at, book, queued_sale
 from tests.conftest import ServiceFactory
 from tests.helpers import PAYMENT_SECRET, Service, flashsale_env, sale_spec
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 BUY = "/v1/sales/{sale_id}/buy"
@@ -316,9 +316,7 @@ async def test_what_needs_attention_shows(make_service: ServiceFactory, redis: R
 
 
 async def test_redis_away_is_reported_not_failed(make_service: ServiceFactory) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # nothing listens here once closed
+    port = free_port()  # claimed: nothing listens here
     service = await make_service(
         redis_url=f"redis://127.0.0.1:{port}/0", run_writer=False, run_sweeper=False
     )
@@ -365,21 +363,14 @@ class Served:
             await asyncio.sleep(0.2)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def served(settings: Settings, tmp_path: Path) -> AsyncIterator[Served]:
     """``flashsale serve --workers 2`` with its order writer and a relay (to a receiver that is
     not there), its metrics files in a directory of the test's."""
-    port = _free_port()
+    port = free_port()
     env = flashsale_env(
         settings,
-        FLASHSALE_WEBHOOK_URLS=f"http://127.0.0.1:{_free_port()}/events?key=hidden",
+        FLASHSALE_WEBHOOK_URLS=f"http://127.0.0.1:{free_port()}/events?key=hidden",
         FLASHSALE_WEBHOOK_SECRET=new_secret(),
         FLASHSALE_RESTART_DELAY_S="0.2",
         PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "metrics"),

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -23,9 +22,12 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 from flashsale.auth import issue_token
 from flashsale.http.openapi import openapi_spec
 from tests.helpers import PAYMENT_SECRET
+from tests.servers import free_port
 
 EXAMPLES = int(os.environ.get("FLASHSALE_FUZZ_EXAMPLES", "25"))
 schema = schemathesis.openapi.from_dict(openapi_spec())
+# every case on one pytest-xdist worker: the module's service starts once
+pytestmark = pytest.mark.xdist_group("openapi_fuzz")
 
 
 @schemathesis.check
@@ -41,9 +43,7 @@ def errors_are_well_formed(ctx: Any, response: Any, case: Any) -> bool | None:
 @pytest.fixture(scope="module")
 def live(redis_url: str, database_url: str) -> Iterator[dict[str, str]]:
     """``flashsale serve`` on a free port, with its own key prefix, and the tokens to use."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     secret, admin = secrets.token_urlsafe(40), secrets.token_urlsafe(24)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLASHSALE_")}
     env.update(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from flashsale.handoff_checks import EVENTS, PAID_ONCE, REASONS, UNITS
 from flashsale.http.admin import parse_sale
 from flashsale.settings import Settings
 from flashsale.store.sales import insert_sale
-from tests.helpers import Service, flashsale_env, run_flashsale, sale_spec
+from tests.helpers import Service, flashsale_env, run_flashsale, sale_spec, whole_machine
+from tests.servers import free_port
 
 
 def _flashsale(*args: str) -> list[str]:
@@ -35,7 +35,9 @@ async def test_keys_of_a_sale_share_one_hash_tag(service: Service, redis: Redis)
     reply = await service.buy(sale_id, "u:1", {"quantity": 2}, key="k")
     paid = await service.pay(reply.body["order"]["order_id"])
     assert paid.body["payment"]["outcome"] == "paid"
-    keys = [k async for k in redis.scan_iter(match=f"{service.settings.key_prefix}:*")]
+    keys = [
+        k async for k in redis.scan_iter(match=f"{service.settings.key_prefix}:*", count=10_000)
+    ]
     # the keys of the deployment, not of a sale: the index of sales, the reporter's lease
     shared = {f"{service.settings.key_prefix}:{name}" for name in ("sales", "reporter")}
     sale_keys = [k for k in keys if k not in shared]
@@ -125,15 +127,8 @@ def test_weak_or_padded_secrets_are_refused_at_start(
         assert value.strip() not in out.stderr  # a secret is never echoed
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 async def test_serve_applies_the_schema_and_answers(settings: Settings) -> None:
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port)),
         env=flashsale_env(settings),
@@ -158,6 +153,7 @@ async def test_serve_applies_the_schema_and_answers(settings: Settings) -> None:
     assert proc.returncode == 0, "SIGTERM is a clean shutdown"
 
 
+@whole_machine
 @pytest.mark.timeout(120)
 def test_demo_runs_a_whole_sale(settings: Settings) -> None:
     # a payment service that misbehaves often: each kind of misbehaviour all but surely occurs
@@ -187,6 +183,7 @@ def test_demo_runs_a_whole_sale(settings: Settings) -> None:
         assert f"check: {check}: ok (" in out.stdout
 
 
+@whole_machine
 @pytest.mark.timeout(120)
 def test_demo_runs_a_launch_through_the_booking_queue(settings: Settings) -> None:
     out = subprocess.run(
@@ -210,7 +207,7 @@ async def test_serve_workers_share_one_port(settings: Settings) -> None:
     """Two workers on one port, in a database that does not exist yet (both race to create
     it); both answer, and SIGTERM stops the whole group cleanly."""
     fresh = settings.database_url.rsplit("/", 1)[0] + f"/{settings.key_prefix}_workers"
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "2"),
         env=flashsale_env(replace(settings, database_url=fresh)),
@@ -249,7 +246,7 @@ async def test_serve_writes_orders_from_its_own_writer_process(settings: Setting
 
     from flashsale.auth import issue_token
 
-    port = _free_port()
+    port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc = await asyncio.create_subprocess_exec(
         *_flashsale("serve", "--host", "127.0.0.1", "--port", str(port)),

@@ -53,7 +53,7 @@ async def _rows(service: Service, sale_id: str) -> dict[str, int]:
 def _keys(redis_url: str, prefix: str, sale_id: str) -> list[bytes]:
     client = redis_sync.Redis.from_url(redis_url)
     try:
-        return list(client.scan_iter(match=cleanup.sale_key_pattern(prefix, sale_id)))
+        return list(client.scan_iter(match=cleanup.sale_key_pattern(prefix, sale_id), count=10_000))
     finally:
         client.close()
 

@@ -25,7 +25,10 @@ import pytest
 
 import flashsale
 from flashsale.settings import Settings
-from tests.helpers import Service, flashsale_env
+from tests.helpers import Service, flashsale_env, whole_machine
+
+# one pytest-xdist worker builds the module's wheel once; its fresh venv keeps both cores busy
+pytestmark = whole_machine
 
 REPO = Path(__file__).resolve().parent.parent
 VERSION = flashsale.__version__

@@ -331,10 +331,10 @@ async def test_a_sale_that_never_opened_is_deleted_whole(service: Service, redis
     sale_id = unique_id("gone")
     await service.create_sale(sale_id=sale_id, starts_at=at(1800))
     pattern = f"{service.settings.key_prefix}:{{{sale_id}}}:*"
-    assert [k async for k in redis.scan_iter(match=pattern)]
+    assert [k async for k in redis.scan_iter(match=pattern, count=10_000)]
     reply = await admin(service, "DELETE", f"/v1/admin/sales/{sale_id}")
     assert (reply.status, reply.body) == (200, {"deleted": sale_id})
-    assert [k async for k in redis.scan_iter(match=pattern)] == []
+    assert [k async for k in redis.scan_iter(match=pattern, count=10_000)] == []
     assert sale_id not in await service.services.engine.sale_ids()
     assert await in_postgres(service, sale_id) is None
     assert (await service.call("GET", f"/v1/sales/{sale_id}")).status == 404

@@ -51,7 +51,12 @@ async def assert_nothing_created(service: Service, sale_id: str, what: object = 
     )
     assert rows == 0, (what, "a refused sale is in PostgreSQL")
     engine = service.services.engine
-    keys = [k async for k in engine.redis.scan_iter(match=f"{engine.keys.prefix}:{{{sale_id}}}*")]
+    keys = [
+        k
+        async for k in engine.redis.scan_iter(
+            match=f"{engine.keys.prefix}:{{{sale_id}}}*", count=10_000
+        )
+    ]
     assert keys == [], (what, "a refused sale left keys in Redis")
     assert not await engine.redis.sismember(engine.keys.sales_index, sale_id), what
 

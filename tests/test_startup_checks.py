@@ -23,13 +23,7 @@ import pytest
 from flashsale.settings import Settings
 from tests.conftest import CI
 from tests.helpers import flashsale_env, run_flashsale
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
+from tests.servers import free_port
 
 
 @contextlib.contextmanager
@@ -40,7 +34,7 @@ def private_redis(directory: Path, *config: str) -> Iterator[str]:
         if CI:
             pytest.fail("redis-server is not installed")
         pytest.skip("redis-server is not installed")
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
          str(directory), "--daemonize", "no", *config],
@@ -65,7 +59,7 @@ def private_redis(directory: Path, *config: str) -> Iterator[str]:
 async def serve(settings: Settings, **env: str) -> tuple[int | None, str, int]:
     """``flashsale serve --single-process``: (exit code, stderr) when it refused to start, or
     (None, stderr so far) once it answers /healthz, when it is stopped again."""
-    port = _free_port()
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "flashsale", "serve", "--single-process", "--port", str(port),
         env=flashsale_env(settings, **env),

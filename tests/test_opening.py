@@ -457,7 +457,9 @@ async def test_a_sale_without_a_window_keeps_no_ticket(service: Service) -> None
     keys = Keyspace(service.settings.key_prefix).sale(sale["sale_id"])
     fields = await redis.hkeys(keys.sale)
     assert not [f for f in fields if f.startswith(("op_", "fc_"))]
-    assert not [k async for k in redis.scan_iter(match=keys.ticket_bucket(0)[:-1] + "*")]
+    assert not [
+        k async for k in redis.scan_iter(match=keys.ticket_bucket(0)[:-1] + "*", count=10_000)
+    ]
 
 
 @pytest.mark.parametrize("n", [1, 2, 3, 17, 1000, 4097])

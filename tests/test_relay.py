@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import json
 import random
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -45,6 +44,7 @@ from tests.outbox_helpers import (
     run_events_cli,
     wait_until,
 )
+from tests.servers import free_port
 
 # events wait for every transaction open on the server to end (see outbox/cursor.py): other
 # databases' long ones included, so the waits are generous
@@ -409,36 +409,17 @@ async def test_serve_runs_several_relays_that_share_the_work(
         return 500 if random.random() < 0.1 else 200
 
     receiver.behaviour = jittery
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = flashsale_env(
-        settings, FLASHSALE_WEBHOOK_URLS=receiver.url, FLASHSALE_WEBHOOK_SECRET=WEBHOOK_SECRET,
+    async with _serving(
+        settings, receiver, "--workers", "1",
         FLASHSALE_RELAY_PROCESSES="2", FLASHSALE_WEBHOOK_BATCH_SIZE="5",
         FLASHSALE_WEBHOOK_RETRY_BASE_S="0.05", FLASHSALE_WEBHOOK_RETRY_CAP_S="0.1",
-    )  # fmt: skip
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flashsale", "serve", "--port", str(port), "--workers", "1",
-        env=env, stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with aiohttp.ClientSession() as http:
-            await wait_until(lambda: _healthy(http, base), WAIT_S)
-            admin = {"Authorization": f"Bearer {settings.admin_token}"}
-            async with http.post(f"{base}/v1/admin/sales", json=sale_spec(), headers=admin) as r:
-                sid = (await r.json())["sale"]["sale_id"]
-        await wait_until(lambda: _registered(settings.database_url, receiver.url), WAIT_S)
+    ) as (_, sid, log):  # fmt: skip
         per_order = [order_rows(sid, ("reserved", "paid", "expired"), user=f"u{i}")
                      for i in range(30)]  # fmt: skip
         await record(pg, [r for rows in per_order for r in rows])
         ids = await event_ids(pg, [r for rows in per_order for r in rows])
         await _all_delivered(pg, receiver, ids)
-    finally:
-        proc.terminate()
-        _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, err.decode()
-    assert "and an order events relay (2 process(es))" in err.decode()
+    assert "and an order events relay (2 process(es))" in log[0]
     _assert_clean(receiver)
     assert receiver.delivered_ids() == set(ids)
     assert most > 5  # one relay has at most a batch of 5 out at once: the two shared it
@@ -564,38 +545,46 @@ def test_the_readme_receivers_verify_what_the_relay_signs() -> None:
 async def test_serve_runs_the_relay_in_a_process_of_its_own(
     settings: Settings, receiver: Receiver
 ) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    env = flashsale_env(
-        settings, FLASHSALE_WEBHOOK_URLS=receiver.url, FLASHSALE_WEBHOOK_SECRET=WEBHOOK_SECRET
-    )
+    async with _serving(settings, receiver) as (base, sid, log), aiohttp.ClientSession() as http:
+        shopper = {"Authorization": f"Bearer {issue_token(settings.token_secret, 'u1')}"}
+        async with http.post(f"{base}/v1/sales/{sid}/buy", json={}, headers=shopper) as r:
+            assert r.status == 201
+            order_id = (await r.json())["order"]["order_id"]
+        await wait_until(lambda: _arrived(receiver, order_id, 1), WAIT_S)
+    assert "and an order events relay" in log[0]
+    assert [a.event["type"] for a in receiver.arrivals if a.order_id == order_id] == [
+        "order.reserved"
+    ]
+
+
+@contextlib.asynccontextmanager
+async def _serving(
+    settings: Settings, receiver: Receiver, *args: str, **env: str
+) -> AsyncIterator[tuple[str, str, list[str]]]:
+    """``flashsale serve`` relaying to ``receiver``, with a sale made and the receiver
+    registered (the relay takes the events committed once it has seen it): (its base URL, the
+    sale's id, and once it has stopped cleanly, its log)."""
+    port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "flashsale", "serve", "--port", str(port), env=env,
+        sys.executable, "-m", "flashsale", "serve", "--port", str(port), *args,
+        env=flashsale_env(settings, FLASHSALE_WEBHOOK_URLS=receiver.url,
+                          FLASHSALE_WEBHOOK_SECRET=WEBHOOK_SECRET, **env),
         stdin=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+    base, log = f"http://127.0.0.1:{port}", []
     try:
         async with aiohttp.ClientSession() as http:
             await wait_until(lambda: _healthy(http, base), WAIT_S)
             admin = {"Authorization": f"Bearer {settings.admin_token}"}
             async with http.post(f"{base}/v1/admin/sales", json=sale_spec(), headers=admin) as r:
                 sid = (await r.json())["sale"]["sale_id"]
-            # the relay takes the events committed once it has seen the receiver
-            await wait_until(lambda: _registered(settings.database_url, receiver.url), WAIT_S)
-            shopper = {"Authorization": f"Bearer {issue_token(settings.token_secret, 'u1')}"}
-            async with http.post(f"{base}/v1/sales/{sid}/buy", json={}, headers=shopper) as r:
-                assert r.status == 201
-                order_id = (await r.json())["order"]["order_id"]
-            await wait_until(lambda: _arrived(receiver, order_id, 1), WAIT_S)
+        await wait_until(lambda: _registered(settings.database_url, receiver.url), WAIT_S)
+        yield base, sid, log
     finally:
         proc.terminate()
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()
-    assert "and an order events relay" in err.decode()
-    assert [a.event["type"] for a in receiver.arrivals if a.order_id == order_id] == [
-        "order.reserved"
-    ]
+    log.append(err.decode())
 
 
 async def _healthy(http: aiohttp.ClientSession, base: str) -> bool:

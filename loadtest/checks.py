@@ -20,9 +20,11 @@ SALE_STATUSES = frozenset({"scheduled", "open", "paused", "sold_out", "ended"})
 BOOKING_STATES = frozenset({"waiting", "admitted", "purchased", "passed"})
 # the refusals a public buyer may correctly get; admission_passed only in a queued sale
 PUBLIC_REFUSALS = frozenset({"sold_out", "limit_reached", "sale_not_open"})
-FCODE_REFUSALS = frozenset({"sold_out", "fcode_used", "sale_not_open"})
+# fcode_lane_closed: the F-code units nobody redeemed have passed to the public
+FCODE_REFUSALS = frozenset({"sold_out", "fcode_used", "sale_not_open", "fcode_lane_closed"})
 GUESS_REFUSALS = frozenset({
     "fcode_invalid", "fcode_throttled", "rate_limited", "sold_out", "sale_not_open", "sale_ended",
+    "fcode_lane_closed",
 })  # fmt: skip
 
 
@@ -100,7 +102,11 @@ def judge_buy(
     if status == 202:
         if campaign is not None or not queued_sale:
             return _bad(j, "202 where no queue applies")
-        if j.body.get("status") != "queued" or not isinstance(j.body.get("position"), int):
+        position = j.body.get("position")
+        # an opening window's ticket has no place until the window's draw: position null
+        drawing = position is None and j.body.get("queue") == "opening"
+        placed = isinstance(position, int) or drawing
+        if j.body.get("status") != "queued" or not placed:
             return _bad(j, "202 without status queued and a position")
         return Judgement("202 queued", None, j.body)
     if status == 410 and code == "sale_ended":

@@ -27,6 +27,8 @@ class Crowd:
     process_index: int = 0  # a worker's index (pools are shared by claims, not by index)
     # winners on their way to pay, each a greenlet of its own: stopped with the crowd
     checkouts: gevent.pool.Group = field(default_factory=gevent.pool.Group)
+    # shoppers waiting with an opening ticket, each a greenlet of its own: stopped likewise
+    fans: gevent.pool.Group = field(default_factory=gevent.pool.Group)
 
     def pool(self, name: str) -> Pool:
         return shared_pool(self.plan.pool_dir, name, self.plan.locust_processes)

@@ -2,7 +2,9 @@
 
 Each user is a sequence of shoppers: it takes an identity, acts as that shopper until the
 shopper is done (won and paid or never paid, refused for good, or gave up), then takes the
-next. Winners pay at the checkout, within the plan's ``checkout_s`` of their 201 (the crowd
+next (in a sale with an opening window, the crowd comes at the opening: each shopper keeps
+their ticket and asks again when told, while the user brings the next; see BookedShopper).
+Winners pay at the checkout, within the plan's ``checkout_s`` of their 201 (the crowd
 plays the payment service: it posts the signed notifications the payment service would, with
 its misbehaviours; the late payments the driver sends after the crowd), while the user goes on
 with the next shopper: a winner's payment does not hold back the crowd, and no
@@ -28,10 +30,13 @@ from flashsale.payments.simulator import PATH as PAYMENTS_PATH
 from flashsale.payments.simulator import Kind
 from loadtest import checks
 from loadtest.context import Crowd, crowd
-from loadtest.pools import BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, Identity
+from loadtest.pools import BOT_ACCOUNTS, BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, Identity
 from loadtest.records import BOOKING, BUY, PAY, SALE
 
 MAX_FAILED_TRIES = 3  # a shopper whose requests fail gives up after this many
+# a shopper arriving this close to the window's draw would likely be answered after it: the
+# crowd at the opening comes before
+ARRIVALS_BEFORE_DRAW_S = 0.5
 EMPTY_BODY = b"{}"  # sent as is: encoding {} for every click costs the generator CPU
 
 
@@ -60,6 +65,14 @@ class Shopper(FastHttpUser):
         self, method: str, path: str, name: str, judge: Any, role: str | None = None, **kwargs: Any
     ) -> checks.Judgement:
         """One request, judged; the answer is tallied and Locust told success or failure."""
+        judgement, self.retry_after = self.ask(method, path, name, judge, role, **kwargs)
+        return judgement
+
+    def ask(
+        self, method: str, path: str, name: str, judge: Any, role: str | None = None, **kwargs: Any
+    ) -> tuple[checks.Judgement, float | None]:
+        """``send`` for a shopper of this user who waits on their own (an opening ticket):
+        the judgement and the answer's Retry-After, which is that shopper's, not the user's."""
         with self.client.request(method, path, name=name, catch_response=True, **kwargs) as resp:
             error = getattr(resp, "error", None)
             judgement: checks.Judgement = judge(resp.status_code, resp.content, error=error)
@@ -67,26 +80,26 @@ class Shopper(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(judgement.problem)
-            self.retry_after = _retry_after(resp)
+            retry_after = _retry_after(resp)
         self.crowd.recorder.answer(name, role or self.role, judgement.answer, judgement.problem)
-        return judgement
+        return judgement, retry_after
 
-    def won(self, judgement: checks.Judgement, lane: str) -> None:
+    def won(self, judgement: checks.Judgement, lane: str, identity: Identity, role: str) -> None:
         """A 201: record the order; this shopper is done buying. Most winners pay a moment
         later (entering payment details) while the next shopper already comes; the others
         never pay (their units stay reserved)."""
-        assert self.identity is not None
         assert judgement.body is not None
         order = judgement.body["order"]
         order_id = order["order_id"]
-        self.crowd.recorder.order("reserved", order_id, self.identity.user, lane)
+        self.crowd.recorder.order("reserved", order_id, identity.user, lane)
         if random.random() < self.plan.pay_share:
             checkout = gevent.spawn_later(
                 random.uniform(0.2, max(0.2, self.plan.checkout_s)),
-                self.pay, self.identity, order, lane, self.role,
+                self.pay, identity, order, lane, role,
             )  # fmt: skip
             self.crowd.checkouts.add(checkout)
-        self.identity = None
+        if identity is self.identity:
+            self.identity = None
 
     def pay(self, identity: Identity, order: dict[str, Any], lane: str, role: str) -> None:
         """At the checkout: the payment service charges the order and notifies the engine, as
@@ -130,7 +143,17 @@ def _retry_after(resp: Any) -> float | None:
 
 
 class BookedShopper(Shopper):
-    """Booked fans at the opening second: buy, and in a queued sale wait their turn."""
+    """Booked fans at the opening second: buy, and in a queued sale wait their turn.
+
+    Each shopper is one account. In a sale with an opening window the crowd comes at the
+    opening, as a launch's does: while the window is open the user brings its share of the
+    opening crowd (the plan's ``opening_shoppers_per_user``, spread over the window), each
+    shopper given a ticket keeping it and asking again when the service says (Retry-After, as
+    the page would), on their own; after the window, or once its share came, the user brings
+    a new shopper only when its own have all been served (a unit, or a refusal), as it does
+    without a window. Without that, the window would hold one shopper per user against every
+    account of the bots, and the shoppers arriving after it (at the end of the queue) would
+    stand for the crowd of a launch that arrives at its opening."""
 
     weight = 9
     role = "booked"
@@ -140,6 +163,9 @@ class BookedShopper(Shopper):
         self.booked = True
         self.tries_left = self.failed_tries = 0
         self.waiting_in_queue = False
+        self.fans: list[gevent.Greenlet] = []  # this user's shoppers waiting with a ticket
+        self.arrivals_end = self.plan.opening_draw_at - ARRIVALS_BEFORE_DRAW_S
+        self.arrivals_left = self.plan.opening_shoppers_per_user  # still to come in the window
         self.sleep_until(self.plan.opens_at + random.uniform(-0.3, 0.2))  # a few click early
 
     def next_shopper(self) -> None:
@@ -154,6 +180,10 @@ class BookedShopper(Shopper):
     @task
     def act(self) -> None:
         if self.identity is None:
+            self.fans = [fan for fan in self.fans if not fan.dead]
+            if self.fans and (self.arrivals_left <= 0 or time.time() >= self.arrivals_end):
+                self.pause = 0.2  # the crowd came at the opening: its shoppers are served first
+                return
             self.next_shopper()
             if self.identity is None:  # an empty pool: nobody left to send
                 self.pause = 1.0
@@ -178,13 +208,20 @@ class BookedShopper(Shopper):
             )
 
         path = f"/v1/sales/{self.plan.sale_id}/buy"
+        self.crowd.recorder.account(self.role, identity.user)
         j = self.send("POST", path, BUY, judge, data=EMPTY_BODY, headers=identity.headers)
         code = (j.body or {}).get("error")
         self.pause = 0.0
         if j.answer == "201" and j.ok:
+            self.won(j, "public", identity, self.role)  # recorded before anything may block
             if random.random() < self.plan.double_click_share:
-                self.click_again(path, judge)
-            self.won(j, "public")
+                self.click_again(path, judge, identity)
+        elif j.answer == "202 queued" and (j.body or {}).get("queue") == "opening":
+            self.keep_ticket(identity)
+            self.arrivals_left -= 1
+            # the next shopper arrives: this user's are spread over what is left of the window
+            spread = (self.arrivals_end - time.time()) / max(1, self.arrivals_left)
+            self.pause = max(0.05, min(spread, 1.0))
         elif j.answer == "202 queued":
             self.waiting_in_queue = True
             self.pause = min(self.retry_after or 1.0, self.plan.poll_interval_s)
@@ -203,11 +240,47 @@ class BookedShopper(Shopper):
         else:  # limit_reached, booking_required, admission_passed, sale_ended: done
             self.identity = None
 
-    def click_again(self, path: str, judge: Any) -> None:
+    def on_stop(self) -> None:
+        gevent.killall(getattr(self, "fans", []), block=False)  # they share its client
+
+    def keep_ticket(self, identity: Identity) -> None:
+        """The shopper holds an opening ticket: they wait for their turn on their own."""
+        fan = gevent.spawn(self.wait_for_turn, identity, self.retry_after)
+        self.fans.append(fan)
+        self.crowd.fans.add(fan)
+        self.identity = None
+
+    def wait_for_turn(self, identity: Identity, retry_after: float | None) -> None:
+        """A shopper with an opening ticket asks again when told (up to half a second late: a
+        person reading the page), until a unit or a refusal for good."""
+        path = f"/v1/sales/{self.plan.sale_id}/buy"
+        judge = partial(checks.judge_buy, user=identity.user, booked=True, queued_sale=True)
+        tries_left, failed_tries = 1 + self.plan.sold_out_retries, 0
+        while True:
+            gevent.sleep((retry_after or 1.0) + random.uniform(0.0, 0.5))
+            j, retry_after = self.ask("POST", path, BUY, judge, role="booked", data=EMPTY_BODY,
+                                      headers=identity.headers)  # fmt: skip
+            code = (j.body or {}).get("error")
+            if j.answer == "201" and j.ok:
+                self.won(j, "public", identity, "booked")
+                return
+            if j.answer == "202 queued" or code == "rate_limited":
+                continue  # still waiting (or too eager): as the answer says
+            if code == "sold_out" or not j.ok:
+                if code == "sold_out":
+                    tries_left -= 1
+                else:
+                    failed_tries += 1
+                if tries_left <= 0 or failed_tries >= MAX_FAILED_TRIES:
+                    return
+                retry_after = random.uniform(0.2, 0.5)  # refreshing the page
+                continue
+            return  # limit_reached, admission_passed, sale_ended: done
+
+    def click_again(self, path: str, judge: Any, identity: Identity) -> None:
         """The winner presses buy again: with a limit of 1 only limit_reached is right."""
-        assert self.identity is not None
-        user = self.identity.user
-        j = self.send("POST", path, BUY, judge, data=EMPTY_BODY, headers=self.identity.headers)
+        user = identity.user
+        j = self.send("POST", path, BUY, judge, data=EMPTY_BODY, headers=identity.headers)
         if j.answer == "201" and j.body is not None:  # recorded: the verdict sees the excess
             self.crowd.recorder.order("reserved", j.body["order"]["order_id"], user, "public")
 
@@ -266,7 +339,7 @@ class FcodeHolder(Shopper):
         code = (j.body or {}).get("error")
         self.pause = 0.0
         if j.answer == "201" and j.ok:
-            self.won(j, "fcode")
+            self.won(j, "fcode", identity, self.role)
         elif code == "sale_not_open":
             self.pause = random.uniform(0.05, 0.2)
         elif not j.ok:
@@ -279,27 +352,45 @@ class FcodeHolder(Shopper):
 
 
 class Bot(Shopper):
-    """A scalper's script: many booked accounts, no pause between clicks (from before the
-    opening, ignoring Retry-After), and now and then a guessed F-code. The report shows what
-    share of the units such bots got and how many of their requests were refused."""
+    """A scalper's script: a fixed set of booked accounts of its own (the plan's
+    ``bot_accounts``), gone through in turn for the whole sale with BOT_IN_FLIGHT requests in
+    flight and no pause between clicks (from a second before the opening, ignoring
+    Retry-After and any ticket), and now and then a guessed F-code. An account that won, or
+    can never win (limit_reached), drops out of the turn. The report shows the units such bots
+    got per account against the humans' and how many of their requests were refused."""
 
     fixed_count = 0  # set from the plan when Locust initialises
     role = "bot"
 
     def on_start(self) -> None:
         super().on_start()
+        self.accounts = self.crowd.pool(BOT_ACCOUNTS).take_own(self.plan.bot_accounts)
+        self.turn = 0
         self.sleep_until(self.plan.opens_at - 1.0)  # the script starts early
+        self.helpers = [gevent.spawn(self.hammer)  # the task is one more
+                        for _ in range(min(BOT_IN_FLIGHT, len(self.accounts)) - 1)]  # fmt: skip
+        for helper in self.helpers:
+            self.crowd.fans.add(helper)
+
+    def on_stop(self) -> None:
+        gevent.killall(getattr(self, "helpers", []), block=False)  # they share its client
+
+    def hammer(self) -> None:
+        """One more request of this script in flight, for the whole sale."""
+        while True:
+            self.act()
+            gevent.sleep(self.pause)
 
     @task
     def act(self) -> None:
-        if self.identity is None:
-            self.identity = self.crowd.pool(BUYERS).take()
-            if self.identity is None:
-                self.pause = 1.0
-                return
-        identity = self.identity
-        path = f"/v1/sales/{self.plan.sale_id}/buy"
+        if not self.accounts:  # every account won or is done (or the pool had none left)
+            self.pause = 1.0
+            return
         self.pause = 0.0
+        self.turn = (self.turn + 1) % len(self.accounts)
+        identity = self.accounts[self.turn]
+        path = f"/v1/sales/{self.plan.sale_id}/buy"
+        self.crowd.recorder.account(self.role, identity.user)
         if random.random() < GUESS_SHARE:
             body = orjson.dumps({"fcode": new_code()})
             self.send("POST", path, BUY, checks.judge_guess, data=body, headers=identity.headers)
@@ -314,14 +405,19 @@ class Bot(Shopper):
         if j.answer == "201" and j.ok:
             order_id = (j.body or {})["order"]["order_id"]
             self.crowd.recorder.order("reserved", order_id, identity.user, "bot")
-            self.identity = None  # on to the next account
-        elif code in ("limit_reached", "booking_required", "admission_passed"):
-            self.identity = None
-        elif j.answer == "202 queued":
-            self.identity = None  # this account waits in the queue: try another
+            self._drop(identity)  # the limit is reached: no use asking again
+        elif code in ("limit_reached", "booking_required"):
+            self._drop(identity)
+        # anything else (a ticket, a place in a queue, sold_out, rate_limited,
+        # admission_passed): the next account at once, this one again on its turn
+
+    def _drop(self, identity: Identity) -> None:
+        if identity in self.accounts:  # another request in flight may have dropped it
+            self.accounts.remove(identity)
 
 
 GUESS_SHARE = 0.1  # of a bot's requests that try a made-up F-code
+BOT_IN_FLIGHT = 4  # a script keeps this many requests in flight, each to its next account
 
 
 class LateArrival(Shopper):

@@ -94,6 +94,7 @@ def _flush(environment: Environment) -> None:
 def _on_test_stop(environment: Environment, **_: Any) -> None:
     if _owns_shape(environment):
         WATCHER.stop()
+    crowd().fans.kill(block=True, timeout=2)
     crowd().checkouts.kill(block=True, timeout=2)
     _flush(environment)
 

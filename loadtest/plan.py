@@ -49,10 +49,23 @@ class Plan:
     # opening, and each Locust process takes it from start_gate.py's file (opens_at is a
     # placeholder until then)
     opens_on_start: bool = False
+    # the sale's opening window (0: none): buys from this long before the opening to this long
+    # after get a ticket, put in a random order when it closes
+    opening_window_ms: int = 0
+    bot_accounts: int = 1  # booked accounts each bot owns for the whole sale
+    # with a window: the booked shoppers each user brings while it is open (the crowd of the
+    # opening), each keeping their ticket
+    opening_shoppers_per_user: int = 0
 
     @property
     def queued(self) -> bool:
-        return self.admission != "arrival"
+        """A buy may be answered 202 queued: a booking queue, or the opening window's."""
+        return self.admission != "arrival" or self.opening_window_ms > 0
+
+    @property
+    def opening_draw_at(self) -> float:
+        """When the opening window closes and its tickets are put in order (epoch s)."""
+        return self.opens_at + self.opening_window_ms / 1000
 
     @property
     def payment_mix(self) -> PaymentMix:

@@ -23,11 +23,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-BUYERS = "buyers"  # booked shoppers (the bots' accounts too: booked, many of them)
+BUYERS = "buyers"  # booked shoppers, one account each
 WALK_INS = "walk_ins"  # shoppers who never booked
 POLLERS = "pollers"  # booked shoppers who arrive late and watch
 FCODE_HOLDERS = "fcode_holders"  # one F-code each; not booked (F-codes skip the queue)
-POOLS = (BUYERS, WALK_INS, POLLERS, FCODE_HOLDERS)
+BOT_ACCOUNTS = "bot_accounts"  # the scalpers' booked accounts: each bot owns a fixed few
+POOLS = (BUYERS, WALK_INS, POLLERS, FCODE_HOLDERS, BOT_ACCOUNTS)
 
 MAX_BLOCK = 32  # lines claimed at once at most: one lock a few dozen shoppers
 BLOCKS_PER_PROCESS = 8  # a small pool is claimed in blocks small enough to go round
@@ -124,6 +125,22 @@ class Pool:
         self.taken += 1
         return identity
 
+    def take_own(self, count: int) -> list[Identity]:
+        """``count`` identities for one user to keep (a bot's fixed accounts): the next lines
+        of the pool, claimed at once, never handed to anyone else; fewer (or none) when the
+        pool runs out, as it never wraps for this."""
+        if count <= 0 or not len(self):
+            return []
+        first = claim(self.pool_dir, self.name, count)
+        mine = []
+        with self._path.open("rb") as f:
+            for line_no in range(first, min(first + count, len(self))):
+                f.seek(self._offsets[line_no])
+                line = f.read(self._offsets[line_no + 1] - self._offsets[line_no])
+                mine.append(Identity(*line.decode().split()))
+        self.taken += len(mine)
+        return mine
+
     def _claim(self) -> bool:
         if self._used_up or not len(self):
             return False
@@ -149,7 +166,8 @@ def shared_pool(pool_dir: str, name: str, processes: int) -> Pool:
     """The process's view of pool ``name``, opened on first use."""
     with _lock:
         if name not in _loaded:
-            wrap = name != FCODE_HOLDERS  # a code is used once; shoppers may come back
+            # a code is used once, a bot keeps its accounts; shoppers may come back
+            wrap = name not in (FCODE_HOLDERS, BOT_ACCOUNTS)
             _loaded[name] = Pool(pool_dir, name, processes=processes, wrap=wrap)
         return _loaded[name]
 

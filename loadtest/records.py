@@ -3,7 +3,8 @@
 - ``orders-<tag>.jsonl``: every order answered 201 (and every payment answered 200 paid, and
   every order whose payment comes late), streamed as it happens, so a crashed process still
   leaves its orders behind;
-- ``answers-<tag>.json``: how many of each answer per endpoint and role, and the pools' use;
+- ``answers-<tag>.json``: how many of each answer per endpoint and role, the pools' use, and
+  the accounts that sent a public buy, by role (for the units won per account);
 - ``requests-<tag>.npz``: every request's start, latency, endpoint and failure flag, for the
   chart's time series (Locust's own history keeps percentiles over a 10 s window only).
 """
@@ -33,6 +34,9 @@ class Recorder:
         self._orders: IO[str] | None = None  # opened on the first order (a master has none)
         self.answers: Counter[tuple[str, str, str]] = Counter()  # (endpoint, role, answer)
         self.problems: Counter[tuple[str, str]] = Counter()  # (endpoint, why it failed)
+        # role -> the user ids that sent a public buy: ids, not a count, as a wrapping pool
+        # may hand one shopper to two processes
+        self.accounts: dict[str, set[str]] = {}
         self._start = array("d")  # epoch seconds
         self._ms = array("f")
         self._endpoint = array("B")
@@ -52,6 +56,10 @@ class Recorder:
         self.answers[(endpoint, role, answer)] += 1
         if problem is not None:
             self.problems[(endpoint, problem)] += 1
+
+    def account(self, role: str, user: str) -> None:
+        """``user`` (of ``role``: booked, walk-in, bot) sent a public buy."""
+        self.accounts.setdefault(role, set()).add(user)
 
     def request(self, name: str, start_time: float, response_ms: float, failed: bool) -> None:
         try:
@@ -77,7 +85,9 @@ class Recorder:
         problems = [
             {"endpoint": e, "problem": p, "count": n} for (e, p), n in sorted(self.problems.items())
         ]
-        payload = {"tag": self.tag, "answers": answers, "problems": problems, **extra}
+        accounts = {role: sorted(users) for role, users in self.accounts.items()}
+        payload = {"tag": self.tag, "answers": answers, "problems": problems,
+                   "accounts": accounts, **extra}  # fmt: skip
         (self.dir / f"answers-{self.tag}.json").write_text(json.dumps(payload, indent=1))
         np.savez(
             self.dir / f"requests-{self.tag}.npz",

@@ -1,8 +1,8 @@
 """The crowd's identity pools, shared by the Locust processes: split, never lost.
 
-Every line of every pool (booked shoppers, F-code holders, late arrivals, walk-ins; the bots
-take booked shoppers' accounts) goes to exactly one process, and together the processes go
-through all of it, whichever of them run the users that take from it.
+Every line of every pool (booked shoppers, F-code holders, late arrivals, walk-ins, the bots'
+accounts) goes to exactly one process, and together the processes go through all of it,
+whichever of them run the users that take from it. Each bot owns a fixed set of accounts.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from loadtest.pools import (
+    BOT_ACCOUNTS,
     BUYERS,
     FCODE_HOLDERS,
     POLLERS,
@@ -138,3 +139,43 @@ def test_blocks_are_small_enough_for_a_small_pool_to_go_round() -> None:
     assert block_size(0, 4) == 1
     assert block_size(1_000_000, 1) == 32
     assert block_size(200, 3) == 8
+
+
+@pytest.mark.parametrize("processes", [1, 2, 3])
+def test_each_bot_owns_a_fixed_set_of_accounts_no_other_has(tmp_path: Path, processes: int) -> None:
+    """A bot keeps its accounts for the whole sale (a fresh one whenever it is told to wait
+    would be collecting tickets): its own, none shared, none handed out again."""
+    users = _write(tmp_path, BOT_ACCOUNTS, 23)
+    pools = [Pool(tmp_path, BOT_ACCOUNTS, processes=processes, wrap=False)
+             for _ in range(processes)]  # fmt: skip
+    rng = random.Random(processes)
+    owned = [pools[rng.randrange(processes)].take_own(5) for _ in range(4)]
+    assert [len(accounts) for accounts in owned] == [5, 5, 5, 5]
+    flat = [a.user for accounts in owned for a in accounts]
+    assert len(set(flat)) == 20
+    assert flat == users[:20]  # in the pool's order, block by block
+    # the fifth bot finds three left, a sixth none: the pool never wraps for bots
+    assert [a.user for a in pools[0].take_own(5)] == users[20:]
+    assert pools[-1].take_own(5) == []
+    assert sum(p.taken for p in pools) == 23
+    assert all(p.reused == 0 for p in pools)
+
+
+def test_bots_accounts_are_shared_out_between_processes(tmp_path: Path) -> None:
+    users = _write(tmp_path, BOT_ACCOUNTS, 300)
+    ctx = multiprocessing.get_context("fork")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_own, args=(str(tmp_path), out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    shares = [out.get(timeout=30) for _ in procs]
+    for p in procs:
+        p.join(timeout=10)
+    flat = [u for share in shares for bot in share for u in bot]
+    assert sorted(flat) == sorted(users)
+    assert all(len(bot) == 20 for share in shares for bot in share)
+
+
+def _own(pool_dir: str, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+    pool = Pool(pool_dir, BOT_ACCOUNTS, processes=3, wrap=False)
+    out.put([[a.user for a in pool.take_own(20)] for _ in range(5)])

@@ -1,9 +1,11 @@
 """The rehearsal's report, from crafted inputs: a headline over the sale window, one source for
 every figure of the chart, one bottleneck call with its evidence, a sale expected to sell out
-that did not failing the verdict, Locust's figures explained."""
+that did not failing the verdict, Locust's figures explained, the units won per account by
+bots and humans; and the presets' opening window."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 import subprocess
@@ -25,11 +27,17 @@ from loadtest.rehearsal import existing, opening
 from loadtest.rehearsal.bottleneck import call_bottleneck, locust_cpu_warnings, warned_within
 from loadtest.rehearsal.chart import draw_chart, title, units_left_steps
 from loadtest.rehearsal.headline import compare_with_locust, timeline_from_orders
-from loadtest.rehearsal.options import parse_args, sizes
+from loadtest.rehearsal.options import (
+    OPENING_ADMISSION_WINDOW_S,
+    opening_shoppers_per_user,
+    parse_args,
+    sizes,
+)
 from loadtest.rehearsal.processes import CpuSampler, Sample, find_service, is_local_host
 from loadtest.rehearsal.records_in import Records
-from loadtest.rehearsal.report import build_report
+from loadtest.rehearsal.report import build_report, per_account
 from loadtest.rehearsal.report_text import render
+from loadtest.rehearsal.setup import opens_after_setup, sale_spec
 from loadtest.rehearsal.verdict import Verdict, expect_sellout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -426,3 +434,103 @@ def test_the_report_json_is_json(tmp_path: Path) -> None:
     report = build_report(_plan(tmp_path), records, _verdict(10, 10), _extra(),
                           timeline=timeline_from_orders(orders, 10))  # fmt: skip
     assert json.loads(json.dumps(report))["headline"]["window"].startswith("from the opening")
+
+
+def _contest(bot_accounts: int, bot_wins: int, humans: int, human_wins: int) -> Records:
+    """A public lane where ``bot_accounts`` bots' accounts won ``bot_wins`` units and
+    ``humans`` booked accounts ``human_wins``; a walk-in and an F-code holder besides."""
+    r = Records()
+    r.accounts = {"bot": {f"bot-{i}" for i in range(bot_accounts)},
+                  "booked": {f"fan-{i}" for i in range(humans)}, "walk-in": {"walker"}}  # fmt: skip
+    wins = [(f"bot-{i}", "bot") for i in range(bot_wins)]
+    wins += [(f"fan-{i}", "public") for i in range(human_wins)] + [("holder", "fcode")]
+    r.reserved = {f"s.{n}": {"t": OPENS, "user": u, "lane": lane}
+                  for n, (u, lane) in enumerate(wins)}  # fmt: skip
+    return r
+
+
+@pytest.mark.parametrize(
+    ("bots", "bot_wins", "humans", "human_wins", "share_of_accounts", "share_of_units", "ratio"),
+    [
+        (20, 20, 180, 80, 0.1, 0.2, 2.0),  # every bot account won, fewer than half the humans
+        (20, 10, 180, 90, 0.1, 0.1, 1.0),  # half of each: as much per account
+        (50, 25, 150, 100, 0.25, 0.2, 0.8),
+        (0, 0, 10, 5, 0.0, 0.0, None),  # no bots: no ratio
+    ],
+)  # fmt: skip
+def test_units_per_account_bots_against_humans(
+    tmp_path: Path, bots: int, bot_wins: int, humans: int, human_wins: int,
+    share_of_accounts: float, share_of_units: float, ratio: float | None,
+) -> None:  # fmt: skip
+    plan = dataclasses.replace(_plan(tmp_path, stock=1000), bot_users=2, bot_accounts=10,
+                               opening_window_ms=5000)  # fmt: skip
+    a = per_account(plan, _contest(bots, bot_wins, humans, human_wins))
+    assert (a["bot_accounts"], a["human_accounts"], a["walk_in_accounts"]) == (bots, humans, 1)
+    assert (a["bot_units"], a["human_units"]) == (bot_wins, human_wins)  # F-codes apart
+    assert a["share_of_accounts"] == pytest.approx(share_of_accounts)
+    assert a["share_of_units"] == pytest.approx(share_of_units)
+    assert a["ratio"] == (None if ratio is None else pytest.approx(ratio))
+    assert (a["opening_window_ms"], a["bot_accounts_planned"]) == (5000, 20)
+
+
+def test_the_report_prints_the_ratio_with_the_window_beside_it(tmp_path: Path) -> None:
+    records, orders = _sale_then_cheap_answers()
+    records.accounts = {"bot": {"b1", "b2"}, "booked": {f"u{i}" for i in range(18)}}
+    records.reserved["s.bot"] = {"t": OPENS + 1, "user": "b1", "lane": "bot"}
+    timeline = timeline_from_orders(orders, 10)
+    for window, shown in ((5000, "window 5,000 ms"), (0, "no window")):
+        plan = dataclasses.replace(_plan(tmp_path), bot_users=1, opening_window_ms=window)
+        report = build_report(plan, records, _verdict(10, 10), _extra(), timeline=timeline)
+        a = report["bots"]["per_account"]
+        # 1 of the 11 public units won by 2 of the 20 accounts
+        assert a["ratio"] == pytest.approx((1 / 11) / (2 / 20), abs=1e-4)
+        assert json.loads(json.dumps(report))["bots"]["per_account"] == a
+        text = render(report | {"bottleneck": None})
+        assert f"units per account, bots against humans ({shown}): ratio 0.91x" in text
+        assert "2 bot accounts won 1, 18 booked human accounts that sent a buy won 10" in text
+
+
+def test_the_presets_open_with_a_window_and_release_the_fcode_units() -> None:
+    for preset, release in (("full", 60.0), ("small", 15.0)):
+        args = parse_args(["--out", "x", "--preset", preset])
+        assert (args.opening_window_ms, args.fcode_release_after) == (10_000, release)
+        assert args.admission_window == OPENING_ADMISSION_WINDOW_S
+        assert args.bot_accounts == 20
+        n = sizes(args)
+        assert n.bot_accounts == n.bot_users * 20
+        # the crowd of the opening outnumbers the public units, as much as a user can bring
+        per_user = opening_shoppers_per_user(args, n)
+        booked_users = round((args.users - n.fcode_users - n.bot_users) * 0.9)
+        assert 1 <= per_user <= 4 * (10 - 0.2)
+        if preset == "small":
+            assert per_user * booked_users >= args.stock - n.fcode_stock
+    args = parse_args(["--out", "x", "--preset", "small", "--opening-window-ms", "0",
+                       "--fcode-release-after", "-1", "--bot-accounts", "3"])  # fmt: skip
+    assert (args.opening_window_ms, args.fcode_release_after, args.admission_window) == (
+        0, None, 5
+    )  # fmt: skip
+    assert opening_shoppers_per_user(args, sizes(args)) == 0
+    assert sizes(args).bot_accounts == sizes(args).bot_users * 3
+    queue = parse_args(["--out", "x", "--admission", "lottery"])
+    assert queue.opening_window_ms == 0  # a booking queue has its order already
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--admission", "lottery", "--opening-window-ms", "2000"])
+    with pytest.raises(SystemExit):
+        parse_args(["--out", "x", "--bot-accounts", "0"])
+
+
+def test_a_sale_with_a_window_opens_once_the_setup_is_done() -> None:
+    """A setup that overran its planned opening (a 7.5 million bookings import on a busy
+    machine) closed the window before the crowd came: such a sale is created to open later
+    and moved then, which it may be while its booking has not opened."""
+    args = parse_args(["--out", "x", "--preset", "small"])
+    assert opens_after_setup(args)
+    opens = datetime(2026, 12, 2, 12, 0, tzinfo=UTC)
+    spec = sale_spec(args, sizes(args), "s", opens, "seed")
+    assert spec["booking_opens_at"] == datetime(2026, 12, 2, 11, 59, tzinfo=UTC).isoformat()
+    assert spec["opening_window_ms"] == 10_000
+    assert spec["fcode_release_at"] == datetime(2026, 12, 2, 12, 0, 15, tzinfo=UTC).isoformat()
+    assert not opens_after_setup(parse_args(["--out", "x", "--opening-window-ms", "0"]))
+    operators = parse_args(["--out", "x", "--service", "http://h:1", "--sale-id", "s"])
+    assert operators.opening_window_ms == 0  # the operator's sale has its own
+    assert not opens_after_setup(operators)

@@ -16,6 +16,12 @@ from aiohttp import web
 
 from flashsale.http.bad_requests import MalformedRequestLog, RequestHandler
 
+# Connections waiting to be accepted, per process (the kernel caps it at net.core.somaxconn).
+# aiohttp's default of 128 overflows when a launch's crowd connects at once, as every holder of
+# an opening ticket does at the window's draw (Retry-After points them all to that second): the
+# connections beyond it were reset, their buys failed with the connection closed.
+LISTEN_BACKLOG = 4096
+
 
 class _Server(web.Server):
     """aiohttp's server, making flashsale's :class:`RequestHandler` for each connection."""
@@ -65,7 +71,10 @@ def run_app(
         )
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, reuse_port=reuse_port or None).start()
+            site = web.TCPSite(
+                runner, host, port, backlog=LISTEN_BACKLOG, reuse_port=reuse_port or None
+            )
+            await site.start()
             await asyncio.Event().wait()  # until a signal raises GracefulExit
         finally:
             await runner.cleanup()

@@ -41,7 +41,13 @@ from loadtest.rehearsal.headline import (
     timeline_from_records,
 )
 from loadtest.rehearsal.locust_run import STARTUP_S, run_locust
-from loadtest.rehearsal.options import Sizes, parse_args, payment_shares, sizes
+from loadtest.rehearsal.options import (
+    Sizes,
+    opening_shoppers_per_user,
+    parse_args,
+    payment_shares,
+    sizes,
+)
 from loadtest.rehearsal.processes import (
     free_port,
     serve_command,
@@ -112,19 +118,25 @@ def prepare(
         sale, lead_s = _prepare_existing(env, known, pool_dir, n, rng), STARTUP_S + args.ramp
         return sale, _plan(args, api, out, n, sale, lead_s), lead_s
     started = time.perf_counter()
-    buyers, pollers = identities.choose_bookers(args.admission, args.bookers, n, rng, lottery_seed)
-    minted = identities.write_crowd_pools(pool_dir, env.token_secret, buyers, pollers, n.walk_ins)
+    buyers, pollers, bots = identities.choose_bookers(
+        args.admission, args.bookers, n, rng, lottery_seed
+    )
+    minted = identities.write_crowd_pools(
+        pool_dir, env.token_secret, buyers, pollers, n.walk_ins, bots
+    )
     mint_s = time.perf_counter() - started
     lead_s = STARTUP_S + args.ramp
     setup_s = setup.setup_seconds(args, n, lead_s) + (args.start_in or 0.0)
-    if waits_for_start(args):  # moved to a few seconds after the start (opening.py)
+    if setup.opens_after_setup(args):  # moved after the setup or the start (opening.py)
         setup_s += opening.PLACEHOLDER_S
     sale = setup.create_sale(api, args, n, setup_s, lottery_seed)
     sale.timings["mint_tokens_s"] = round(mint_s, 2)
     say(
         f"sale {sale.sale_id} created, "
         + ("to open a few seconds after the crowd starts (Locust's Start button)"
-           if waits_for_start(args) else f"opening in {sale.opens_at - time.time():.0f} s")
+           if waits_for_start(args) else "to open once the setup is done (its opening window "
+           "must find the crowd)" if setup.opens_after_setup(args)
+           else f"opening in {sale.opens_at - time.time():.0f} s")
         + f"; {minted:,} tokens minted in {mint_s:.1f} s"
     )  # fmt: skip
     log = out / "setup.log"
@@ -134,6 +146,10 @@ def prepare(
     say(f"{args.bookers:,} bookings imported in {sale.timings['import_bookings_s']:.1f} s")
     setup.issue_fcodes(sale, n.codes, pool_dir, env.env, log)
     identities.write_fcode_pool(pool_dir, env.token_secret, sale.fcodes)
+    if setup.opens_after_setup(args) and not waits_for_start(args):
+        # a second more than the crowd's lead: for writing the plan, before the crowd gathers
+        sale.opens_at = opening.move_opening(api, args, n, sale.sale_id, lottery_seed, lead_s + 1.0)
+        say(f"the sale's opening moved to {sale.opens_at - time.time():.1f} s from now")
     return sale, _plan(args, api, out, n, sale, lead_s), lead_s
 
 
@@ -201,6 +217,9 @@ def _plan(
         paid_again_share=args.paid_again_share,
         wrong_amount_share=args.wrong_amount_share,
         opens_on_start=waits_for_start(args),
+        opening_window_ms=args.opening_window_ms,
+        bot_accounts=args.bot_accounts,
+        opening_shoppers_per_user=opening_shoppers_per_user(args, n),
     )
 
 
@@ -322,6 +341,7 @@ def _take_sale_settings(args: argparse.Namespace, known: existing.ExistingSale) 
     args.per_user_limit = int(known.sale["per_user_limit"])
     args.admission = known.admission
     args.reservation_ttl = int(known.sale.get("reservation_ttl_s") or args.reservation_ttl)
+    args.opening_window_ms = int(known.sale.get("opening_window_ms") or 0)
     if not known.booking_required:
         args.walk_in_share = 0.0  # nobody is refused for not booking: no walk-ins to judge
 
@@ -412,6 +432,11 @@ def _extra(
             "users": args.users,
             "fcode_users": n.fcode_users,
             "bot_users": n.bot_users,
+            "bot_accounts": n.bot_accounts,
+            "opening_window_ms": args.opening_window_ms,
+            "opening_shoppers_per_user": opening_shoppers_per_user(args, n),
+            "fcode_release_after_s": args.fcode_release_after,
+            "admission_window_s": args.admission_window,
             "ramp_s": args.ramp,
             "drain_s": args.drain,
             "max_s": args.max,

@@ -24,7 +24,7 @@ from typing import Any
 import asyncpg
 
 from flashsale.auth import issue_token
-from loadtest.pools import BUYERS, POLLERS, WALK_INS, write_pool
+from loadtest.pools import BOT_ACCOUNTS, BUYERS, POLLERS, WALK_INS, write_pool
 from loadtest.rehearsal.api import Api
 from loadtest.rehearsal.identities import TOKEN_TTL_S, choose_bookers, write_fcode_pool
 from loadtest.rehearsal.options import Sizes
@@ -158,6 +158,8 @@ def existing_sizes(e: ExistingSale, args: argparse.Namespace) -> Sizes:
     wanted = math.ceil((stock - fcode_stock) * 1.5) + args.users * 20
     booked_buyers = max(0, min(e.bookings - pollers, wanted))
     buyers = booked_buyers if e.booking_required else wanted
+    bot_users = min(args.bots if args.bots is not None else args.users // 20, args.users // 4)
+    bookings_left = max(0, e.bookings - pollers - booked_buyers)  # not in the crowd yet
     return Sizes(
         fcode_stock=fcode_stock,
         codes=codes,
@@ -166,7 +168,10 @@ def existing_sizes(e: ExistingSale, args: argparse.Namespace) -> Sizes:
         pollers=pollers,
         walk_ins=(math.ceil(buyers * args.walk_in_share * 2) + 10) if e.booking_required else 0,
         fcode_users=min(codes, max(1, args.users // 20)) if codes else 0,
-        bot_users=min(args.bots if args.bots is not None else args.users // 20, args.users // 4),
+        bot_users=bot_users,
+        bot_accounts=min(bot_users * args.bot_accounts, bookings_left)
+        if e.booking_required
+        else bot_users * args.bot_accounts,
     )
 
 
@@ -197,17 +202,21 @@ def write_existing_pools(
     admission = e.admission if (e.admission != "lottery" or e.lottery_seed) else "booking_order"
     buyers_i: list[int] = []
     pollers_i: list[int] = []
+    bots_i: list[int] = []
     if e.bookings:
         booked = dataclasses.replace(n, buyers=min(n.buyers, e.bookings - n.pollers))
-        buyers_i, pollers_i = choose_bookers(
+        buyers_i, pollers_i, bots_i = choose_bookers(
             admission, e.bookings, booked, rng, e.lottery_seed or ""
         )
     buyers = _booked(database_url, e, buyers_i)
     pollers = _booked(database_url, e, pollers_i)
+    bots = _booked(database_url, e, bots_i)
     if not e.booking_required:
         buyers += [f"rehearsal-shopper-{i}" for i in range(max(0, n.buyers - len(buyers)))]
+        bots += [f"rehearsal-bot-{i}" for i in range(max(0, n.bot_accounts - len(bots)))]
     minted = write_pool(pool_dir, BUYERS, _tokens(secret, buyers))
     minted += write_pool(pool_dir, POLLERS, _tokens(secret, pollers))
+    minted += write_pool(pool_dir, BOT_ACCOUNTS, _tokens(secret, bots))
     walk_ins = [f"rehearsal-walk-in-{i}" for i in range(n.walk_ins)]
     minted += write_pool(pool_dir, WALK_INS, _tokens(secret, walk_ins))
     return minted + write_fcode_pool(pool_dir, secret, e.fcodes)

@@ -4,7 +4,9 @@ Booker ``i`` (0-based) is user ``booker-<i>`` and, imported in list order into a
 gets booking number ``i + 1``. In an ``arrival`` sale any booked shopper may buy, so the crowd
 is a random sample. In a queued sale only the front of the queue is admitted at first, so the
 crowd comes in queue order (booking order, or the lottery's draw), with a few no-shows whose
-places must pass on; the late arrivals are from the back of the queue.
+places must pass on; the late arrivals are from the back of the queue. The bots' accounts are
+booked shoppers too (a scalper books as many as it can), none of them among the others: in a
+queued sale from anywhere in the queue but its front and back.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from pathlib import Path
 
 from flashsale.auth import issue_token
 from flashsale.booking import lottery
-from loadtest.pools import BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, write_pool
+from loadtest.pools import BOT_ACCOUNTS, BUYERS, FCODE_HOLDERS, POLLERS, WALK_INS, write_pool
 from loadtest.rehearsal.options import Sizes
 
 TOKEN_TTL_S = 4 * 3600
@@ -65,11 +67,13 @@ def queue_order(admission: str, bookers: int, count: int, seed: str) -> list[int
 
 def choose_bookers(
     admission: str, bookers: int, sizes: Sizes, rng: random.Random, lottery_seed: str
-) -> tuple[list[int], list[int]]:
-    """(buyers in the order the crowd takes them, late arrivals), as booker indices."""
+) -> tuple[list[int], list[int], list[int]]:
+    """(buyers in the order the crowd takes them, late arrivals, the bots' accounts), as
+    booker indices, no index twice."""
     if admission == "arrival":
-        chosen = rng.sample(range(bookers), sizes.buyers + sizes.pollers)
-        return chosen[: sizes.buyers], chosen[sizes.buyers :]
+        chosen = rng.sample(range(bookers), sizes.buyers + sizes.pollers + sizes.bot_accounts)
+        pollers_end = sizes.buyers + sizes.pollers
+        return chosen[: sizes.buyers], chosen[sizes.buyers : pollers_end], chosen[pollers_end:]
     front = queue_order(admission, bookers, sizes.buyers + sizes.no_shows, lottery_seed)
     # no-shows hold places among the admitted ones and never come
     no_show = set(rng.sample(range(min(len(front), sizes.buyers)), sizes.no_shows))
@@ -81,7 +85,11 @@ def choose_bookers(
     else:
         back = [r - 1 for r in last_ranks]
     pollers = [b for b in back if b not in taken][: sizes.pollers]
-    return buyers, pollers
+    taken |= set(pollers)
+    free = bookers - len(taken)
+    bots = [b for b in rng.sample(range(bookers), min(bookers, sizes.bot_accounts + len(taken)))
+            if b not in taken][: min(free, sizes.bot_accounts)]  # fmt: skip
+    return buyers, pollers, bots
 
 
 def _tokens(secret: str, users: Iterator[str]) -> Iterator[tuple[str, str]]:
@@ -90,12 +98,18 @@ def _tokens(secret: str, users: Iterator[str]) -> Iterator[tuple[str, str]]:
 
 
 def write_crowd_pools(
-    pool_dir: Path, secret: str, buyers: list[int], pollers: list[int], walk_ins: int
+    pool_dir: Path,
+    secret: str,
+    buyers: list[int],
+    pollers: list[int],
+    walk_ins: int,
+    bots: list[int],
 ) -> int:
-    """Mint a token for each booked buyer, late arrival and walk-in; how many."""
+    """Mint a token for each booked buyer, late arrival, walk-in and bot account; how many."""
     pool_dir.mkdir(parents=True, exist_ok=True)
     minted = write_pool(pool_dir, BUYERS, _tokens(secret, (booker(i) for i in buyers)))
     minted += write_pool(pool_dir, POLLERS, _tokens(secret, (booker(i) for i in pollers)))
+    minted += write_pool(pool_dir, BOT_ACCOUNTS, _tokens(secret, (booker(i) for i in bots)))
     walk_in_users = (f"walk-in-{i}" for i in range(walk_ins))
     return minted + write_pool(pool_dir, WALK_INS, _tokens(secret, walk_in_users))
 

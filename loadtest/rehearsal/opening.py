@@ -1,5 +1,10 @@
 """When the crowd starts, and with it the sale (the driver's side of loadtest/start_gate.py).
 
+A sale with an opening window is created to open an hour later too, and moved once the setup
+is done (``move_opening``): a window that closed before the crowd came, as a setup that overran
+a planned opening makes it (a 7.5 million bookings import on a busy machine), would rehearse
+nothing of it.
+
 Headless, the sale is created to open when the crowd can have gathered (``--start-in`` later
 if given) and Locust starts on its own. With ``--web`` the crowd waits for Locust's Start
 button (or starts by itself after ``--start-in``): the sale, created to open an hour later,
@@ -87,8 +92,18 @@ def open_now(
 ) -> float:
     """Move the sale's opening to the first whole second ``lead_s`` from now and tell the
     Locust processes: the opening (epoch s)."""
+    opens_at = move_opening(api, args, sizes, sale_id, lottery_seed, lead_s)
+    start_gate.set_opening(record_dir, opens_at)
+    return opens_at
+
+
+def move_opening(
+    api: Api, args: argparse.Namespace, sizes: Sizes, sale_id: str, lottery_seed: str,
+    lead_s: float,
+) -> float:  # fmt: skip
+    """Move the sale's opening (and every time that follows it) to the first whole second
+    ``lead_s`` from now: the opening (epoch s)."""
     opens_at = float(math.ceil(time.time() + lead_s))
     times = opening_times(args, sizes, sale_id, opens_at, lottery_seed)
     api.call("PATCH", f"/v1/admin/sales/{sale_id}", times)
-    start_gate.set_opening(record_dir, opens_at)
     return opens_at

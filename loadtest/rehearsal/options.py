@@ -23,6 +23,10 @@ PRESETS: dict[str, dict[str, float]] = {
         "checkout": 1.5,
         # longer than the sale takes, so unpaid units do not come back during it
         "reservation_ttl": 120.0,
+        # the crowd of the opening seconds (the bots from a second before) gets tickets
+        "opening_window_ms": 10_000,
+        # the F-code units nobody redeemed pass to the public a minute in: every unit sells
+        "fcode_release_after": 60.0,
     },
     # the same launch, small enough to run end to end in about a minute
     "small": {
@@ -31,11 +35,17 @@ PRESETS: dict[str, dict[str, float]] = {
         "users": 200,
         "ramp": 1.0,
         "drain": 2.0,
-        "max": 30.0,
+        # the window's 10 s, and the crowd of its draw coming back at once, on a busy machine
+        "max": 45.0,
         "checkout": 1.5,
         "reservation_ttl": 30.0,
+        "opening_window_ms": 10_000,
+        "fcode_release_after": 15.0,
     },
 }
+# an opening window's admitted shopper has this long to buy: longer than the crowd at the
+# window's draw takes to come back (a booking queue's places pass on after --admission-window)
+OPENING_ADMISSION_WINDOW_S = 30
 
 
 DESCRIPTION = """\
@@ -88,22 +98,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--admission-window",
         type=int,
-        default=5,
-        help="queued admissions and an opening window: seconds an admitted shopper has to buy",
+        help="queued admissions and an opening window: seconds an admitted shopper has to buy "
+        f"(default 5 in a booking queue, {OPENING_ADMISSION_WINDOW_S} with an opening window)",
     )
     p.add_argument(
         "--opening-window-ms",
         type=int,
-        default=0,
         help="admission arrival: the sale's opening window (buyers from this long before the "
-        "start to this long after get a ticket, then a random order); 0: none",
+        "start to this long after get a ticket, then a random order); 0: none (default: the "
+        "preset's, 10000; none for a booking queue)",
     )
     p.add_argument(
         "--fcode-release-after",
         type=float,
         metavar="S",
         help="the F-code units nobody redeemed pass to the public this many seconds after the "
-        "opening (the sale's fcode_release_at); default: never",
+        "opening (the sale's fcode_release_at); default: the preset's (full 60, small 15); "
+        "a negative value: never",
     )
     p.add_argument("--per-user-limit", type=int, default=1)
     p.add_argument(
@@ -127,6 +138,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         help="of the users, scalpers' scripts: many accounts, no pause, guessed F-codes "
         "(default: one in twenty)",
+    )
+    p.add_argument(
+        "--bot-accounts",
+        type=int,
+        default=20,
+        help="booked accounts each bot owns and goes through in turn for the whole sale",
     )
     p.add_argument(
         "--reservation-ttl",
@@ -231,11 +248,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=7, help="seed of the crowd's choices")
     args = p.parse_args(argv)
+    queue = args.admission != "arrival"
+    if queue and args.opening_window_ms:
+        p.error("--opening-window-ms is for --admission arrival (a booking queue has its order)")
+    if queue or args.sale_id:  # a queue has its order; the operator's sale its own window
+        args.opening_window_ms = 0
     for name, value in PRESETS[args.preset].items():
         if getattr(args, name) is None:
             setattr(args, name, type(value)(value))
     args.stock, args.bookers, args.users = int(args.stock), int(args.bookers), int(args.users)
     args.reservation_ttl = int(args.reservation_ttl)
+    args.opening_window_ms = int(args.opening_window_ms)
+    if args.fcode_release_after < 0:
+        args.fcode_release_after = None
+    if args.admission_window is None:
+        args.admission_window = OPENING_ADMISSION_WINDOW_S if args.opening_window_ms else 5
+    if args.bot_accounts < 1:
+        p.error("--bot-accounts is 1 or more")
     if args.stock < 1 or args.bookers < 1 or args.users < 4:
         p.error("--stock and --bookers must be positive, --users at least 4")
     if not 1 <= args.reservation_ttl <= 86_400:
@@ -254,6 +283,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as exc:
         p.error(str(exc))
     return args
+
+
+# the crowd of a sale's opening: booked shoppers a public unit who come within its window, so
+# that the window's draw decides (a launch draws many more fans than phones: this many keep
+# the share each account wins measurable), but no more a second than a user can bring
+OPENING_CROWD_PER_UNIT = 1.3
+OPENING_ARRIVALS_PER_USER_S = 4.0
+
+
+def opening_shoppers_per_user(args: argparse.Namespace, n: Sizes) -> int:
+    """With an opening window: the booked shoppers each booked Locust user brings while it is
+    open (from its arrival at the opening to half a second before the draw)."""
+    if not args.opening_window_ms:
+        return 0
+    # Locust's weights: 9 booked users to 1 late arrival, besides the fixed counts
+    booked_users = max(1, round((args.users - n.fcode_users - n.bot_users) * 0.9))
+    wanted = math.ceil((args.stock - n.fcode_stock) * OPENING_CROWD_PER_UNIT / booked_users)
+    arrival_s = max(0.0, args.opening_window_ms / 1000 - 0.2)
+    return max(1, min(wanted, math.floor(arrival_s * OPENING_ARRIVALS_PER_USER_S)))
 
 
 def payment_shares(args: argparse.Namespace) -> Shares:
@@ -278,10 +326,11 @@ class Sizes:
     walk_ins: int  # unbooked
     fcode_users: int
     bot_users: int
+    bot_accounts: int = 0  # of every bot together: booked, not among the buyers
 
     @property
     def tokens(self) -> int:
-        return self.buyers + self.pollers + self.walk_ins + self.codes
+        return self.buyers + self.pollers + self.walk_ins + self.codes + self.bot_accounts
 
 
 def sizes(args: argparse.Namespace) -> Sizes:
@@ -291,7 +340,9 @@ def sizes(args: argparse.Namespace) -> Sizes:
     # every unit needs a winner; then shoppers who find it sold out, a few hundred a second
     wanted = math.ceil((args.stock - fcode_stock) * 1.5) + args.users * 20
     no_shows = math.ceil(args.stock * args.no_show_share) if args.admission != "arrival" else 0
-    buyers = max(1, min(args.bookers - pollers - no_shows, wanted))
+    bot_users = min(args.bots if args.bots is not None else args.users // 20, args.users // 4)
+    bot_accounts = min(bot_users * args.bot_accounts, args.bookers // 10)
+    buyers = max(1, min(args.bookers - pollers - no_shows - bot_accounts, wanted))
     return Sizes(
         fcode_stock=fcode_stock,
         codes=codes,
@@ -300,5 +351,6 @@ def sizes(args: argparse.Namespace) -> Sizes:
         pollers=pollers,
         walk_ins=math.ceil(buyers * args.walk_in_share * 2) + 10,
         fcode_users=min(codes, max(1, args.users // 20)) if codes else 0,
-        bot_users=min(args.bots if args.bots is not None else args.users // 20, args.users // 4),
+        bot_users=bot_users,
+        bot_accounts=bot_accounts,
     )

@@ -22,6 +22,7 @@ class Records:
     answers: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     problems: Counter[tuple[str, str]] = field(default_factory=Counter)  # failures by kind
     pools: dict[str, dict[str, int]] = field(default_factory=dict)
+    accounts: dict[str, set[str]] = field(default_factory=dict)  # role -> sent a public buy
     samples: list[dict[str, Any]] = field(default_factory=list)
     processes: int = 0
     # every request: start (epoch s), latency (ms), endpoint (index into ENDPOINTS), failed
@@ -56,6 +57,8 @@ def read_records(record_dir: Path) -> Records:
             r.answers[(a["endpoint"], a["role"], a["answer"])] += a["count"]
         for p in data.get("problems", []):
             r.problems[(p["endpoint"], p["problem"])] += p["count"]
+        for role, users in data.get("accounts", {}).items():
+            r.accounts.setdefault(role, set()).update(users)
         for name, use in data.get("pools", {}).items():
             # every process sees the whole pool (they claim lines of it): its size once
             total = r.pools.setdefault(name, {"size": 0, "taken": 0, "reused": 0, "processes": 0})

@@ -102,7 +102,8 @@ def answers(records: Records) -> dict[str, dict[str, int]]:
 
 
 def bots(plan: Plan, records: Records) -> dict[str, Any]:
-    """What the scalpers' scripts got: units, their share of the stock, and their refusals."""
+    """What the scalpers' scripts got: units, their share of the stock, their refusals, and
+    the units won per account against the humans' (``per_account``)."""
     sent: Counter[str] = Counter()
     for (_, role, answer), n in records.answers.items():
         if role == "bot":
@@ -119,7 +120,44 @@ def bots(plan: Plan, records: Records) -> dict[str, Any]:
         "units": units,
         "share_of_units": units / plan.stock if plan.stock else 0.0,
         "answers": dict(sent.most_common()),
+        "per_account": per_account(plan, records),
     }
+
+
+def per_account(plan: Plan, records: Records) -> dict[str, Any]:
+    """Units won per account, bots against humans, in the public lane (where they compete):
+    the bots' accounts and the booked human accounts that sent at least one public buy, and
+    the public units each side won (201s). ``ratio`` is the bots' share of those units over
+    their share of the accounts: 1.0 when a bot's account wins as much as a human's. Walk-ins
+    (never booked: they cannot buy) and F-code holders (their own lane) are not counted."""
+    bot_accounts = len(records.accounts.get("bot", ()))
+    human_accounts = len(records.accounts.get("booked", ()))
+    bot_units = sum(1 for order in records.reserved.values() if order.get("lane") == "bot")
+    human_units = sum(1 for order in records.reserved.values() if order.get("lane") == "public")
+    accounts, won = bot_accounts + human_accounts, bot_units + human_units
+    share_of_accounts = bot_accounts / accounts if accounts else None
+    share_of_units = bot_units / won if won else None
+    ratio = (
+        share_of_units / share_of_accounts
+        if share_of_units is not None and share_of_accounts
+        else None
+    )
+    return {
+        "opening_window_ms": plan.opening_window_ms,
+        "bot_accounts": bot_accounts,
+        "bot_accounts_planned": plan.bot_users * plan.bot_accounts,
+        "human_accounts": human_accounts,
+        "walk_in_accounts": len(records.accounts.get("walk-in", ())),
+        "bot_units": bot_units,
+        "human_units": human_units,
+        "share_of_accounts": _round(share_of_accounts),
+        "share_of_units": _round(share_of_units),
+        "ratio": _round(ratio),
+    }
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def build_report(

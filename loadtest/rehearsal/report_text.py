@@ -187,6 +187,8 @@ def render(r: dict[str, Any]) -> str:
             f"units = {b['share_of_units']:.1%} of the stock; {b['requests']:,} requests, "
             f"{b['refused']:,} refused ({refused})"
         )
+    if b.get("per_account"):
+        lines.append(fairness_line(b["per_account"]))
     caught = pg["pg_caught_up_after_sellout_s"]
     lines.append(
         "PostgreSQL: "
@@ -222,6 +224,23 @@ def render(r: dict[str, Any]) -> str:
         lines.append(f"EXPECTATION NOT MET: {e}")
     lines.append("verdict: " + verdict_line(r["violations"], expectations))
     return "\n".join(lines)
+
+
+def fairness_line(a: dict[str, Any]) -> str:
+    """Units won per account, bots against humans, with the sale's opening window beside."""
+    window = f"window {a['opening_window_ms']:,} ms" if a["opening_window_ms"] else "no window"
+    ratio = "-" if a["ratio"] is None else f"{a['ratio']:.2f}x"
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:.1%}"
+
+    return (
+        f"units per account, bots against humans ({window}): ratio {ratio} (the bots' "
+        f"{pct(a['share_of_units'])} of the public units won over their "
+        f"{pct(a['share_of_accounts'])} of the accounts); {a['bot_accounts']:,} bot accounts "
+        f"won {a['bot_units']:,}, {a['human_accounts']:,} booked human accounts that sent a buy "
+        f"won {a['human_units']:,}"
+    )
 
 
 def verdict_line(violations: list[str], failed_expectations: list[str]) -> str:

@@ -51,16 +51,22 @@ def setup_seconds(args: argparse.Namespace, sizes: Sizes, lead_s: float) -> floa
     return 4.0 + 1.5 * bookers / 1_000_000 + bookers / rate + sizes.codes / 20_000 + lead_s
 
 
+def opens_after_setup(args: argparse.Namespace) -> bool:
+    """A sale created here is moved to open once the crowd can come: with --web when it
+    starts, with an opening window when the setup is done."""
+    return bool(not args.sale_id and (args.web or args.opening_window_ms))
+
+
 def sale_spec(
     args: argparse.Namespace, sizes: Sizes, sale_id: str, opens: datetime, lottery_seed: str
 ) -> dict[str, Any]:
     """A launch like the Redmi one: booking required, a few units for F-code holders."""
     now = datetime.now(UTC)
     ends = opens + timedelta(hours=1)
-    if args.web and not args.sale_id:
-        # a sale that waits for the Start button (opening.py) is moved then, which a sale
-        # may only be before its booking opens: that opens a minute before the sale, and the
-        # bulk import does not wait for it
+    if opens_after_setup(args):
+        # a sale that waits for the Start button or the end of the setup (opening.py) is
+        # moved then, which a sale may only be before its booking opens: that opens a minute
+        # before the sale, and the bulk import does not wait for it
         now = opens - timedelta(minutes=1)
     spec: dict[str, Any] = {
         "sale_id": sale_id,

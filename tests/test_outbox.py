@@ -321,7 +321,7 @@ async def test_redeliver_since_finds_exactly_the_events_since_through_the_brin_i
     before, and an index (not a scan of the whole table) finds them."""
     url = f"http://127.0.0.1:9/{uuid.uuid4().hex}"
     # a table that grew over a day, a row a minute, in a day of its own (other tests' rows
-    # are of today)
+    # are of today; these are deleted at the end, or their `--since` of today would find them)
     start = datetime(2100, 1, 1, tzinfo=UTC)
     tag = uuid.uuid4().hex[:8]
     ids = await pg.fetch(
@@ -331,26 +331,32 @@ async def test_redeliver_since_finds_exactly_the_events_since_through_the_brin_i
         " FROM generate_series(0, 1439) g ORDER BY g RETURNING id, txid::text AS txid",
         tag, start,
     )  # fmt: skip
-    last = max(ids, key=lambda r: (int(r["txid"]), r["id"]))
-    # the receiver has taken them all (its cursor is past them)
-    await pg.execute(
-        "INSERT INTO webhook_receivers (url, cursor_txid, cursor_id)"
-        " VALUES ($1, $2::text::xid8, $3)",
-        url, last["txid"], last["id"],
-    )  # fmt: skip
-    since = start + timedelta(hours=23, minutes=30)  # the last 30 minutes: 30 rows
-    assert await receivers.redeliver(pg, url, since, enable=False) == 30
-    queued = await pg.fetch(
-        "SELECT o.order_id FROM outbox_deliveries d JOIN outbox o ON o.id = d.outbox_id"
-        " WHERE d.receiver = $1 ORDER BY o.id",
-        url,
-    )
-    assert [r["order_id"] for r in queued] == [f"o_{tag}{g}" for g in range(1410, 1440)]
-    assert await receivers.redeliver(pg, url, start + timedelta(days=1), enable=False) == 0
-
-    async with pg.acquire() as conn, conn.transaction():
-        await conn.execute("SET LOCAL enable_seqscan = off")
-        plan = await conn.fetchval(
-            "EXPLAIN (FORMAT JSON) SELECT id FROM outbox WHERE created_at >= $1", since
+    try:
+        last = max(ids, key=lambda r: (int(r["txid"]), r["id"]))
+        # the receiver has taken them all (its cursor is past them)
+        await pg.execute(
+            "INSERT INTO webhook_receivers (url, cursor_txid, cursor_id)"
+            " VALUES ($1, $2::text::xid8, $3)",
+            url, last["txid"], last["id"],
+        )  # fmt: skip
+        since = start + timedelta(hours=23, minutes=30)  # the last 30 minutes: 30 rows
+        assert await receivers.redeliver(pg, url, since, enable=False) == 30
+        queued = await pg.fetch(
+            "SELECT o.order_id FROM outbox_deliveries d JOIN outbox o ON o.id = d.outbox_id"
+            " WHERE d.receiver = $1 ORDER BY o.id",
+            url,
         )
-    assert "outbox_created_at_brin" in plan
+        assert [r["order_id"] for r in queued] == [f"o_{tag}{g}" for g in range(1410, 1440)]
+        assert await receivers.redeliver(pg, url, start + timedelta(days=1), enable=False) == 0
+
+        async with pg.acquire() as conn, conn.transaction():
+            await conn.execute("SET LOCAL enable_seqscan = off")
+            plan = await conn.fetchval(
+                "EXPLAIN (FORMAT JSON) SELECT id FROM outbox WHERE created_at >= $1", since
+            )
+        assert "outbox_created_at_brin" in plan
+    finally:
+        # the worker's database is shared by the tests that follow: `events status` there
+        # reports every receiver, and `--since` today would find these rows of 2100
+        await pg.execute("DELETE FROM webhook_receivers WHERE url = $1", url)
+        await pg.execute("DELETE FROM outbox WHERE event_id LIKE 'evt_' || $1 || '%'", tag)

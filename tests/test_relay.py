@@ -8,7 +8,6 @@ import contextlib
 import itertools
 import json
 import random
-import re
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -266,9 +265,8 @@ async def test_410_disables_the_receiver_until_redeliver_names_it(
             "events", "redeliver", "--since", since, "--receiver", receiver.url,
         )  # fmt: skip
         assert code == 0, err
-        # the one event taken in before it was disabled (and any of other sales in this
-        # database since); the later one follows by itself
-        assert _queued_again(out, receiver.url) >= 1
+        # the one event taken in before it was disabled; the later one follows by itself
+        assert out.startswith(f"{receiver.url}: 1 event(s) since ")
         assert "(enabled again)" in out
         ids = await event_ids(pool, [per_order[0][0], later[0]])
         await _all_delivered(pool, receiver, ids)
@@ -303,7 +301,7 @@ async def test_an_event_given_up_lets_the_next_go_and_redeliver_sends_it_again(
             settings, receiver.url, "events", "redeliver", "--since", since
         )
         assert code == 0, err
-        assert _queued_again(out, receiver.url) >= 2
+        assert f"{receiver.url}: 2 event(s) since " in out
         await _all_delivered(pool, receiver, [first, second])
     # given up, then sent again on request: the order's events came 1 (failing), 2, 1, 2
     sequences = [a.sequence for a in receiver.arrivals if a.webhook_id == second]
@@ -425,13 +423,6 @@ async def test_serve_runs_several_relays_that_share_the_work(
     _assert_clean(receiver)
     assert receiver.delivered_ids() == set(ids)
     assert most > 5  # one relay has at most a batch of 5 out at once: the two shared it
-
-
-def _queued_again(out: str, url: str) -> int:
-    """How many events ``flashsale events redeliver`` says it queued again for ``url``."""
-    found = re.match(rf"{re.escape(url)}: (\d+) event\(s\) since ", out)
-    assert found, out
-    return int(found[1])
 
 
 async def _failing(pool: asyncpg.Pool, url: str) -> bool:

@@ -10,7 +10,7 @@ import json
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -357,24 +357,29 @@ async def test_two_relays_share_the_work_never_together_and_in_order(
     assert two.counts.delivered
 
 
+class _Overlap:
+    """A receiver's behaviour: each delivery answered ``status()`` after ``delay_s()``; ``most``
+    is how many it held at once."""
+
+    def __init__(self, delay_s: Callable[[], float], status: Callable[[], int]) -> None:
+        self.delay_s, self.status = delay_s, status
+        self.now = self.most = 0
+
+    async def __call__(self, arrival: Arrival, r: Receiver) -> int:
+        self.now += 1
+        self.most = max(self.most, self.now)
+        await asyncio.sleep(self.delay_s())
+        self.now -= 1
+        return self.status()
+
+
 async def test_two_relays_split_a_backlog_rather_than_wait_for_each_other(
     service: Service, receiver: Receiver, database_url: str
 ) -> None:
     """While one relay's batch is out, another takes the next orders (passing over those the
     first holds) instead of finding the same candidates locked and waiting: both batches are
     in flight at once."""
-    in_flight = 0
-    most = 0
-
-    async def slow(arrival: Arrival, r: Receiver) -> int:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        await asyncio.sleep(0.3)
-        in_flight -= 1
-        return 200
-
-    receiver.behaviour = slow
+    slow = receiver.behaviour = _Overlap(delay_s=lambda: 0.3, status=lambda: 200)
     _, per_order = await _sale_with_events(service, receiver.url, 40, ("reserved",))
     pool = service.services.pool
     ids = await event_ids(pool, [rows[0] for rows in per_order])
@@ -387,7 +392,7 @@ async def test_two_relays_split_a_backlog_rather_than_wait_for_each_other(
         await other.close()
     _assert_clean(receiver)
     assert sorted(a.webhook_id for a in receiver.arrivals) == sorted(ids)  # each once
-    assert most > config.batch_size  # two batches out together
+    assert slow.most > config.batch_size  # two batches out together
     assert one.counts.delivered
     assert two.counts.delivered
 
@@ -397,18 +402,10 @@ async def test_serve_runs_several_relays_that_share_the_work(
 ) -> None:
     """FLASHSALE_RELAY_PROCESSES relays under serve: each event once at a time, each order's
     in order, and batches of the two out at once."""
-    in_flight = 0
-    most = 0
-
-    async def jittery(arrival: Arrival, r: Receiver) -> int:
-        nonlocal in_flight, most
-        in_flight += 1
-        most = max(most, in_flight)
-        await asyncio.sleep(random.uniform(0.05, 0.2))
-        in_flight -= 1
-        return 500 if random.random() < 0.1 else 200
-
-    receiver.behaviour = jittery
+    jittery = receiver.behaviour = _Overlap(
+        delay_s=lambda: random.uniform(0.05, 0.2),
+        status=lambda: 500 if random.random() < 0.1 else 200,
+    )
     async with _serving(
         settings, receiver, "--workers", "1",
         FLASHSALE_RELAY_PROCESSES="2", FLASHSALE_WEBHOOK_BATCH_SIZE="5",
@@ -422,7 +419,7 @@ async def test_serve_runs_several_relays_that_share_the_work(
     assert "and an order events relay (2 process(es))" in log[0]
     _assert_clean(receiver)
     assert receiver.delivered_ids() == set(ids)
-    assert most > 5  # one relay has at most a batch of 5 out at once: the two shared it
+    assert jittery.most > 5  # one relay has at most a batch of 5 out at once: the two shared it
 
 
 async def _failing(pool: asyncpg.Pool, url: str) -> bool:

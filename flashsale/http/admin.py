@@ -219,10 +219,8 @@ def with_lottery_seed(sale: SaleDefinition, stored: SaleDefinition | None) -> Sa
     policy = sale.booking
     if policy is None or policy.admission is not Admission.LOTTERY or policy.lottery_seed:
         return sale
-    if stored is not None and stored.booking is not None and stored.booking.lottery_seed:
-        seed = stored.booking.lottery_seed
-    else:
-        seed = lottery.new_seed()
+    stored_seed = stored.booking.lottery_seed if stored is not None and stored.booking else None
+    seed = sale_options.kept_seed(stored_seed, lottery.new_seed)
     return replace(sale, booking=replace(policy, lottery_seed=seed))
 
 

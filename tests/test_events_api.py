@@ -71,7 +71,9 @@ async def test_pages_carry_the_events_as_webhooks_do(service: Service) -> None:
     assert {e["type"] for e in events} == {"order.reserved", "order.cancelled"}
     stored = {
         r["event_id"]: r["payload"]
-        for r in await service.services.pool.fetch("SELECT event_id, payload::text FROM outbox")
+        for r in await service.services.pool.fetch(
+            "SELECT event_id, coalesce(body, payload::text) AS payload FROM outbox"
+        )
     }
     for e in events:
         assert {k: v for k, v in e.items() if k != "id"} == json.loads(stored[e["id"]])

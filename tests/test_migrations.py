@@ -615,11 +615,12 @@ async def test_0008_keeps_the_outbox_rows_and_their_dedupe_with_fewer_indexes(
     await execute(url, insert, "evt_a1", "o_a", 1, "order.reserved")
     await execute(url, insert, "evt_a2", "o_a", 2, "order.paid")
     await execute(url, insert, "evt_p1", "o_unknown", None, "payment.refund_required")
-    rows = await fetch(url, "SELECT * FROM outbox ORDER BY id")
+    columns = "id, event_id, order_id, sale_id, sequence, type, payload, created_at, txid"
+    rows = await fetch(url, f"SELECT {columns} FROM outbox ORDER BY id")
 
     await migrate_database(url)
     assert await applied_versions(url) == list(range(1, LATEST + 1))
-    assert await fetch(url, "SELECT * FROM outbox ORDER BY id") == rows
+    assert await fetch(url, f"SELECT {columns} FROM outbox ORDER BY id") == rows
     indexes = {
         r["indexname"]: r["indexdef"]
         for r in await fetch(
@@ -649,4 +650,61 @@ async def test_0008_keeps_the_outbox_rows_and_their_dedupe_with_fewer_indexes(
     # run again from the top (a crash before its record): nothing changes
     await execute(url, "DELETE FROM schema_migrations WHERE version = 8")
     assert [m.label for m in await migrate_database(url)] == [SHIPPED[7].label]
+    assert await schema_of(url) == await schema_of(fresh)
+
+
+async def test_0009_stores_events_as_text_and_keeps_the_jsonb_rows_readable(
+    new_database: NewDatabase,
+) -> None:
+    """0009 adds the text column ``body`` that new events are stored in, and lets ``payload``
+    (jsonb) be NULL. Rows written before keep their payload and are read as before (readers
+    take ``coalesce(body, payload::text)``); a writer of the release before, still running
+    during an upgrade, goes on inserting its jsonb payloads; a row must have exactly one."""
+    before = [m for m in SHIPPED if m.version < 9]
+    url = await new_database()
+    await migrate_database(url, before)
+    # as the writer of 0008 inserts: a jsonb payload, its columns read from it
+    old_writer = """
+        INSERT INTO outbox (event_id, order_id, sale_id, sequence, type, payload)
+        SELECT e, p #>> '{data,order_id}', p #>> '{data,sale_id}',
+               (p #>> '{data,sequence}')::int, p ->> 'type', p
+        FROM unnest($1::text[], $2::jsonb[]) AS t(e, p)
+        ON CONFLICT (order_id, sequence) DO NOTHING
+    """
+    event = '{"data": {"sale_id": "s", "order_id": "o_1", "sequence": %d}, "type": "order.%s"}'
+    await execute(url, old_writer, ["evt_1"], [event % (1, "reserved")])
+    await migrate_database(url)
+    assert await applied_versions(url) == list(range(1, LATEST + 1))
+    await execute(url, old_writer, ["evt_2"], [event % (2, "paid")])
+    await execute(
+        url,
+        "INSERT INTO outbox (event_id, order_id, sale_id, sequence, type, body)"
+        " VALUES ('evt_3', 'o_1', 's', 3, 'order.cancelled', $1)",
+        '{"type":"order.cancelled"}',
+    )
+    read = await fetch(
+        url,
+        "SELECT event_id, order_id, sequence, type, coalesce(body, payload::text) AS text"
+        " FROM outbox ORDER BY id",
+    )
+    assert [(r["event_id"], r["order_id"], r["sequence"], r["type"]) for r in read] == [
+        ("evt_1", "o_1", 1, "order.reserved"), ("evt_2", "o_1", 2, "order.paid"),
+        ("evt_3", "o_1", 3, "order.cancelled"),
+    ]  # fmt: skip
+    assert [json.loads(r["text"])["type"] for r in read] == [
+        "order.reserved",
+        "order.paid",
+        "order.cancelled",
+    ]
+    assert read[2]["text"] == '{"type":"order.cancelled"}'  # the text as it was given
+    for body, payload in ((None, None), ('{"a":1}', '{"a": 1}')):
+        with pytest.raises(asyncpg.CheckViolationError):
+            await execute(
+                url,
+                "INSERT INTO outbox (event_id, order_id, sequence, type, body, payload)"
+                " VALUES ('evt_x', 'o_x', 1, 'order.reserved', $1, $2::jsonb)",
+                body, payload,
+            )  # fmt: skip
+    fresh = await new_database()
+    await migrate_database(fresh)
     assert await schema_of(url) == await schema_of(fresh)

@@ -17,7 +17,7 @@ import asyncpg
 from flashsale.ids import new_order_id
 from flashsale.models import SaleDefinition
 from flashsale.outbox import receivers
-from flashsale.outbox.events import record_events
+from flashsale.outbox.events import order_event_id, record_events
 from flashsale.payments.store import PaymentRow
 from flashsale.settings import ConfirmMode
 from flashsale.store import sales
@@ -37,8 +37,8 @@ def _writer(service: Service) -> OrderWriter:
 async def _events(pool: asyncpg.Pool, sale_id: str) -> dict[str, list[dict[str, Any]]]:
     """The sale's outbox rows, per order, in id order."""
     rows = await pool.fetch(
-        "SELECT id, event_id, order_id, sequence, type, payload::text AS payload, txid::text"
-        " AS txid FROM outbox WHERE sale_id = $1 ORDER BY id",
+        "SELECT id, event_id, order_id, sequence, type, coalesce(body, payload::text) AS payload,"
+        " txid::text AS txid FROM outbox WHERE sale_id = $1 ORDER BY id",
         sale_id,
     )
     per_order: dict[str, list[dict[str, Any]]] = {}
@@ -190,7 +190,8 @@ async def test_confirm_mode_postgres_commits_the_event_with_the_order(
 
 
 # The payloads and event ids as flashsale 0.2.0 built them, in SQL (migration 0008 moved the
-# building to Python): what receivers and GET /v1/admin/events saw must not change.
+# building to Python, 0009 the storing to text): receivers and GET /v1/admin/events must get
+# the same events, the same ids and the same JSON values.
 _ISO_SQL = """to_char((timestamptz 'epoch' + {} * interval '1 millisecond') AT TIME ZONE 'UTC',
                       'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')"""
 _ID_SQL = "'evt_' || left(encode(sha256(convert_to({}, 'UTF8')), 'hex'), 32)"
@@ -236,7 +237,7 @@ ORDER BY t.n
 """
 
 
-async def test_payloads_and_event_ids_are_byte_for_byte_those_of_0_2_0(
+async def test_payloads_and_event_ids_are_those_of_0_2_0(
     pg: asyncpg.Pool,
 ) -> None:
     now = int(time.time() * 1000)
@@ -278,7 +279,7 @@ async def test_payloads_and_event_ids_are_byte_for_byte_those_of_0_2_0(
     async with pg.acquire() as conn, conn.transaction():
         await record_events(conn, [*orders, *refunds])
         stored = await conn.fetch(
-            "SELECT event_id, payload::text AS payload FROM outbox"
+            "SELECT event_id, coalesce(body, payload::text) AS payload FROM outbox"
             " WHERE order_id = ANY($1::text[]) ORDER BY id",
             [r.order_id for r in orders] + [r.order_id for r in refunds],
         )
@@ -308,9 +309,48 @@ async def test_payloads_and_event_ids_are_byte_for_byte_those_of_0_2_0(
             "SELECT count(*) FROM outbox WHERE order_id = ANY($1::text[])",
             [r.order_id for r in orders] + [r.order_id for r in refunds],
         )
-    assert [tuple(r) for r in stored] == [tuple(r) for r in expected]
+    assert [r["event_id"] for r in stored] == [r["event_id"] for r in expected]
+    assert [json.loads(r["payload"]) for r in stored] == [
+        json.loads(r["payload"]) for r in expected
+    ]
+    # the text stored is the text sent: the keys in the documented order, no spaces
+    assert stored[0]["payload"].startswith('{"type":"order.reserved","timestamp":"')
+    assert list(json.loads(stored[0]["payload"])["data"])[:3] == ["order_id", "sale_id", "user_id"]
     assert len(stored) == again == 6
     assert json.loads(stored[1]["payload"])["data"]["user_id"] == odd_user
+
+
+async def test_an_order_id_with_a_comma_is_recorded_as_any_other(pg: asyncpg.Pool) -> None:
+    """The writer sends an event's short columns as comma-joined texts; a batch with an id
+    that holds a comma (never one of the engine's) is sent as arrays, and stored the same."""
+    now = int(time.time() * 1000)
+    sale_id = f"comma-{uuid.uuid4().hex[:8]}"
+    sale = SaleDefinition(
+        sale_id=sale_id, sku="c", name="c", price_cents=500, stock=10, per_user_limit=5,
+        starts_ms=now, ends_ms=now + 3_600_000, reservation_ttl_s=60, currency="EUR",
+    )  # fmt: skip
+    await sales.insert_sale(pg, sale)
+    plain, odd = new_order_id(sale_id), f"{sale_id}.odd,id"
+    batch = [
+        OrderRow(plain, sale_id, "u1", 1, "reserved", 1, now + 60_000, now, now),
+        OrderRow(odd, sale_id, "u,2", 2, "paid", 2, now + 60_000, now, now + 1),
+    ]
+    for rows in (batch[:1], batch):  # the first alone takes the joined texts
+        async with pg.acquire() as conn, conn.transaction():
+            await record_events(conn, rows)
+    stored = await pg.fetch(
+        "SELECT event_id, order_id, sale_id, sequence, type, body FROM outbox"
+        " WHERE sale_id = $1 ORDER BY id",
+        sale_id,
+    )
+    assert [(r["order_id"], r["sale_id"], r["sequence"], r["type"]) for r in stored] == [
+        (plain, sale_id, 1, "order.reserved"), (odd, sale_id, 2, "order.paid"),
+    ]  # fmt: skip
+    assert [r["event_id"] for r in stored] == [order_event_id(plain, 1), order_event_id(odd, 2)]
+    bodies = [json.loads(r["body"])["data"] for r in stored]
+    assert [(b["order_id"], b["user_id"], b["amount_cents"]) for b in bodies] == [
+        (plain, "u1", 500), (odd, "u,2", 1000),
+    ]  # fmt: skip
 
 
 async def test_redeliver_since_finds_exactly_the_events_since_through_the_brin_index(

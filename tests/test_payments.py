@@ -508,7 +508,8 @@ async def test_a_payment_for_an_order_of_no_sale_of_ours_is_stored_before_the_an
     assert [len(await payments_of(service, order_id)) for order_id in orders] == [1, 1]
     # the shop hears of the refund it owes: one event each, committed with the payment
     events = await service.services.pool.fetch(
-        "SELECT order_id, sequence, type, payload FROM outbox WHERE order_id = ANY($1::text[])",
+        "SELECT order_id, sequence, type, coalesce(body, payload::text) AS payload FROM outbox"
+        " WHERE order_id = ANY($1::text[])",
         list(orders),
     )
     assert sorted((e["order_id"], e["sequence"], e["type"]) for e in events) == sorted(

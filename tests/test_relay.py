@@ -112,7 +112,9 @@ async def test_every_event_arrives_signed_once_and_in_order_per_order(
     stored = {
         r["event_id"]: r["payload"]
         for r in await pool.fetch(
-            "SELECT event_id, payload::text FROM outbox WHERE event_id = ANY($1)", ids
+            "SELECT event_id, coalesce(body, payload::text) AS payload FROM outbox"
+            " WHERE event_id = ANY($1)",
+            ids,
         )
     }
     for a in receiver.arrivals:

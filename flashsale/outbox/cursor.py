@@ -28,7 +28,7 @@ _BIGINT_MAX = 2**63 - 1
 
 # rows after a (txid, id) whose transaction is older than every running one, in that order
 VISIBLE_AFTER = """
-SELECT id, txid::text AS txid, event_id, payload::text AS payload
+SELECT id, txid::text AS txid, event_id, coalesce(body, payload::text) AS payload
 FROM outbox
 WHERE (txid, id) > ($1::text::xid8, $2::bigint)
   AND txid < pg_snapshot_xmin(pg_current_snapshot())

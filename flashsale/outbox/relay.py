@@ -103,7 +103,8 @@ LIMIT $3
 
 # read again, under the locks: another relay may have sent an event since the first look
 _CLAIM = f"""
-SELECT d.outbox_id, d.attempts, o.event_id, o.order_id, o.sequence, o.payload::text AS payload
+SELECT d.outbox_id, d.attempts, o.event_id, o.order_id, o.sequence,
+       coalesce(o.body, o.payload::text) AS payload
 {_ELIGIBLE} AND d.order_id = ANY($3::text[])
 ORDER BY d.outbox_id
 """

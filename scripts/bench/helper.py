@@ -13,6 +13,11 @@ scripts/bench-bookings imports free_port, wait_http, write_tokens and cpu_second
     redis-pid REDIS_URL                         the Redis server's pid if it runs on this
                                                 machine, else nothing
     cpu-seconds PID...                          user + system CPU seconds the PIDs have used
+    box-cpu-seconds                             CPU seconds the whole machine has been busy
+                                                (every process and the kernel; /proc/stat)
+    user-cpu-seconds USER                       CPU seconds of the processes of USER now
+                                                running (e.g. postgres: the server and its
+                                                backends)
     http-pids BASE N                            the pids of the N HTTP workers behind BASE
                                                 (from /healthz), one a line
     load URL TOKEN_FILE SECONDS CONNECTIONS     the fallback load generator (when wrk is
@@ -246,6 +251,31 @@ def cpu_seconds_command(*pids: str) -> None:
     print("nan" if None in seconds else f"{sum(s for s in seconds if s is not None):.2f}")
 
 
+def box_cpu_seconds() -> None:
+    """Busy time of all cores: user, nice, system, irq, softirq and steal (not idle, iowait)."""
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    busy = user + nice + system + irq + softirq + steal
+    print(f"{busy / os.sysconf('SC_CLK_TCK'):.2f}")
+
+
+def user_cpu_seconds(user: str) -> None:
+    import pwd
+
+    uid = pwd.getpwnam(user).pw_uid
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                owner = os.stat(f"/proc/{entry}").st_uid
+            except OSError:
+                continue
+            if owner == uid:
+                total += cpu_seconds(entry) or 0.0
+    print(f"{total:.2f}")
+
+
 def http_pids(base: str, count: str) -> None:
     """Each new connection lands on some worker (SO_REUSEPORT): ask until all were seen."""
     pids: set[int] = set()
@@ -268,6 +298,8 @@ COMMANDS: dict[str, Callable[..., None]] = {
     "cleanup-redis": cleanup_redis,
     "redis-pid": redis_pid,
     "cpu-seconds": cpu_seconds_command,
+    "box-cpu-seconds": box_cpu_seconds,
+    "user-cpu-seconds": user_cpu_seconds,
     "http-pids": http_pids,
     "load": load,
 }

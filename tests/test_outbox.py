@@ -237,16 +237,23 @@ ORDER BY t.n
 """
 
 
+async def _euro_sale(pg: asyncpg.Pool, name: str, price_cents: int, now: int) -> str:
+    """A sale in PostgreSQL only (record_events reads its price and currency there)."""
+    sale_id = f"{name}-{uuid.uuid4().hex[:8]}"
+    sale = SaleDefinition(
+        sale_id=sale_id, sku=name, name=name, price_cents=price_cents, stock=10,
+        per_user_limit=5, starts_ms=now, ends_ms=now + 3_600_000, reservation_ttl_s=60,
+        currency="EUR",
+    )  # fmt: skip
+    await sales.insert_sale(pg, sale)
+    return sale_id
+
+
 async def test_payloads_and_event_ids_are_those_of_0_2_0(
     pg: asyncpg.Pool,
 ) -> None:
     now = int(time.time() * 1000)
-    sale_id = f"eq-{uuid.uuid4().hex[:8]}"
-    sale = SaleDefinition(
-        sale_id=sale_id, sku="eq", name="eq", price_cents=1999, stock=10, per_user_limit=5,
-        starts_ms=now, ends_ms=now + 3_600_000, reservation_ttl_s=60, currency="EUR",
-    )  # fmt: skip
-    await sales.insert_sale(pg, sale)
+    sale_id = await _euro_sale(pg, "eq", 1999, now)
     odd_user = 'Zoë "the \\ buyer"\t\u2028\U0001f600 </script>'
     orders = [
         OrderRow(new_order_id(sale_id), sale_id, "u1", 1, "reserved", 1, now + 60_000, now, now),
@@ -324,12 +331,7 @@ async def test_an_order_id_with_a_comma_is_recorded_as_any_other(pg: asyncpg.Poo
     """The writer sends an event's short columns as comma-joined texts; a batch with an id
     that holds a comma (never one of the engine's) is sent as arrays, and stored the same."""
     now = int(time.time() * 1000)
-    sale_id = f"comma-{uuid.uuid4().hex[:8]}"
-    sale = SaleDefinition(
-        sale_id=sale_id, sku="c", name="c", price_cents=500, stock=10, per_user_limit=5,
-        starts_ms=now, ends_ms=now + 3_600_000, reservation_ttl_s=60, currency="EUR",
-    )  # fmt: skip
-    await sales.insert_sale(pg, sale)
+    sale_id = await _euro_sale(pg, "comma", 500, now)
     plain, odd = new_order_id(sale_id), f"{sale_id}.odd,id"
     batch = [
         OrderRow(plain, sale_id, "u1", 1, "reserved", 1, now + 60_000, now, now),

@@ -77,7 +77,9 @@ async def outbox_rows(database_url: str, sale_id: str) -> int:
         await conn.close()
 
 
-def one_run(tree: Path, variant: str, duration: int, confirm_mode: str, log: Path) -> dict:
+def one_run(
+    tree: Path, variant: str, duration: int, confirm_mode: str, log: Path
+) -> dict[str, float]:
     env = dict(os.environ, PYTHONPATH=str(tree), FLASHSALE_CONFIRM_MODE=confirm_mode,
                FLASHSALE_DATABASE_URL="postgresql://postgres@127.0.0.1:5432/"
                f"flashsale_bench_outbox_{variant}")  # fmt: skip
@@ -110,7 +112,7 @@ COLUMNS = [("buys_s", "buys/s", "{:,.0f}"), ("box_cpu_s", "box µs/unit", "{:.0f
            "{:.1f}"), ("writer_cpu_drained_s", "writer µs/unit", "{:.1f}")]  # fmt: skip
 
 
-def show(variant: str, run: dict) -> None:
+def show(variant: str, run: dict[str, float]) -> None:
     cells = "  ".join(f"{label} {fmt.format(run[key])}" for key, label, fmt in COLUMNS)
     print(f"  {variant:<8} {cells}", flush=True)
 
@@ -126,7 +128,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="flashsale-outbox-buys."))
     try:
         trees = make_trees(workdir)
-        runs: dict[str, list[dict]] = {"with": [], "without": []}
+        runs: dict[str, list[dict[str, float]]] = {"with": [], "without": []}
         order = ["with", "without", "without", "with"] * ((args.pairs + 1) // 2)
         for i, variant in enumerate(order[: 2 * args.pairs]):
             log = args.outdir / f"run{i + 1:02d}-{variant}.log"

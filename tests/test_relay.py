@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import random
 import sys
 import time
@@ -23,7 +24,7 @@ from flashsale.auth import issue_token
 from flashsale.cli.common import UsageError
 from flashsale.cli.events import parse_since
 from flashsale.ids import new_order_id
-from flashsale.outbox import receivers
+from flashsale.outbox import receivers, relay
 from flashsale.outbox.cursor import Cursor, read_after
 from flashsale.outbox.relay import ANALYZE_FROM_ROWS, Relay, RelayConfig
 from flashsale.settings import Settings, SettingsError
@@ -174,7 +175,7 @@ async def test_the_whole_way_from_a_buy_to_the_receiver(
 
 
 async def test_a_failing_receiver_gets_every_event_with_backoff_and_in_order(
-    service: Service, receiver: Receiver, settings: Settings
+    service: Service, receiver: Receiver, settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     healthy = False
 
@@ -204,6 +205,14 @@ async def test_a_failing_receiver_gets_every_event_with_backoff_and_in_order(
         for k, (before, after) in enumerate(itertools.pairwise(times)):
             assert after - before >= 0.5 * min(0.4, 0.1 * 2**k) - 0.01, (k, after - before)
     assert not await _failing(pool, receiver.url)
+    # the operator hears of it, at most every FAILURE_LOG_EVERY_S, not once per attempt
+    warnings = [
+        r.getMessage() for r in caplog.records
+        if r.name == "flashsale.outbox.relay" and r.levelno == logging.WARNING
+    ]  # fmt: skip
+    assert warnings
+    assert all(receiver.url in w and "HTTP 500" in w for w in warnings), warnings
+    assert len(warnings) < sum(len(receiver.attempts(i)) for i in ids) - len(ids)
     attempts = await pool.fetch(
         "SELECT o.event_id, d.attempts FROM outbox_deliveries d JOIN outbox o"
         " ON o.id = d.outbox_id WHERE d.receiver = $1 AND o.event_id = ANY($2)",
@@ -331,6 +340,41 @@ async def test_an_event_waits_for_its_predecessor_to_commit(
     assert [a.sequence for a in receiver.arrivals if a.order_id == waits[0].order_id] == [1, 2]
     late = [a for a in receiver.arrivals if a.order_id == never[0].order_id]
     assert [a.sequence for a in late] == [2]
+
+
+async def test_finding_the_next_events_reads_the_receivers_cursor_once(
+    service: Service, receiver: Receiver
+) -> None:
+    """The receiver's row is updated at every intake, and while a long transaction holds back
+    pruning each read of it walks all its versions: the relay's search for eligible events
+    reads it once per statement, not once per candidate event."""
+    sid, _ = await _sale_with_events(service, receiver.url, 0)
+    pool = service.services.pool
+    rows = [row for _ in range(5) for row in order_rows(sid, ["reserved", "paid"])]
+    await record(pool, rows)
+    async with pool.acquire() as conn:
+        await receivers.register(conn, receiver.url)
+        while await receivers.intake(conn, receiver.url, 1000):
+            pass
+        await conn.execute(
+            "UPDATE outbox_deliveries SET delivered_at = now() WHERE receiver = $1"
+            " AND order_id = ANY($2::text[]) AND sequence = 1",
+            receiver.url, [r.order_id for r in rows],
+        )  # fmt: skip
+        plan = await conn.fetchval(
+            "EXPLAIN (ANALYZE, FORMAT JSON) " + relay._CANDIDATES, receiver.url, 60.0, 200, 800
+        )
+        await conn.execute("SELECT pg_advisory_unlock_all()")
+
+    def nodes(node: dict[str, Any]) -> list[dict[str, Any]]:
+        return [node, *(n for child in node.get("Plans", []) for n in nodes(child))]
+
+    found = nodes(json.loads(plan)[0]["Plan"])
+    assert sum(n["Actual Rows"] for n in found if n.get("Relation Name") == "outbox_deliveries"
+               and n.get("Alias") == "d") >= 5  # fmt: skip
+    cursor_reads = [n for n in found if n.get("Relation Name") == "webhook_receivers"]
+    assert cursor_reads
+    assert all(n["Actual Loops"] == 1 for n in cursor_reads), cursor_reads
 
 
 async def test_two_relays_share_the_work_never_together_and_in_order(

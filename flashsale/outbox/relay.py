@@ -69,12 +69,16 @@ from flashsale.webhooks.signing import sign
 log = logging.getLogger(__name__)
 
 ANALYZE_FROM_ROWS = 1000
+# failed deliveries are logged at most this often per receiver, with how many since the last
+FAILURE_LOG_EVERY_S = 10.0
 # orders looked at for a batch, in batches: those another relay holds are passed over
 _CANDIDATE_WINDOW = 4
 
 # For one receiver ($1): each order's earliest pending event, due, whose predecessor has been
 # taken in for this receiver (or, not in the outbox at all, cannot be waited for any longer
-# than $2 seconds).
+# than $2 seconds). The receiver's cursor is read once per statement (an InitPlan), not once
+# per candidate: its row is updated at every intake, and while a long transaction anywhere on
+# the server holds back pruning, each read walks every version of it written since.
 _ELIGIBLE = """
 FROM outbox_deliveries d JOIN outbox o ON o.id = d.outbox_id
 WHERE d.receiver = $1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL
@@ -84,8 +88,9 @@ WHERE d.receiver = $1 AND d.delivered_at IS NULL AND d.gave_up_at IS NULL
       WHERE e.receiver = d.receiver AND e.order_id = d.order_id AND e.sequence < d.sequence
         AND e.delivered_at IS NULL AND e.gave_up_at IS NULL)
   AND (d.sequence IS NULL OR d.sequence = 1 OR coalesce(
-       (SELECT (p.txid, p.id) <= (w.cursor_txid, w.cursor_id)
-        FROM outbox p JOIN webhook_receivers w ON w.url = d.receiver
+       (SELECT (p.txid, p.id) <= (SELECT w.cursor_txid, w.cursor_id
+                                   FROM webhook_receivers w WHERE w.url = $1)
+        FROM outbox p
         WHERE p.order_id = d.order_id AND p.sequence = d.sequence - 1),
        o.created_at <= clock_timestamp() - $2 * interval '1 second'))
 """
@@ -201,6 +206,8 @@ class Relay:
         self._senders: dict[str, Sender] = {}
         self._taken = 0  # deliveries taken in by this relay
         self._taken_when_analyzed = 0
+        self._failures_unlogged: dict[str, int] = {}
+        self._failure_logged_at: dict[str, float] = {}
 
     async def run(self) -> None:
         """Deliver to every receiver until cancelled; one task each, so a slow receiver never
@@ -249,6 +256,21 @@ class Relay:
                 log.warning("relay to %s: %r; retrying in %.1fs", url, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    def _log_failures(self, url: str, count: int, error: str | None) -> None:
+        """A receiver failing is an operator's business (its events wait, with backoff): say
+        so, at most every FAILURE_LOG_EVERY_S per receiver, with the count since the last."""
+        unlogged = self._failures_unlogged[url] = self._failures_unlogged.get(url, 0) + count
+        now = time.monotonic()
+        if now - self._failure_logged_at.get(url, -FAILURE_LOG_EVERY_S) < FAILURE_LOG_EVERY_S:
+            return
+        self._failure_logged_at[url] = now
+        self._failures_unlogged[url] = 0
+        log.warning(
+            "relay to %s: %d deliveries failed since the last report (latest: %s); each is "
+            "tried again with backoff, and the order's later events wait for it",
+            url, unlogged, error,
+        )  # fmt: skip
 
     async def _analyze_if_grown(self, conn: asyncpg.Connection, taken: int) -> None:
         """``ANALYZE outbox_deliveries`` once the deliveries taken in have doubled since the
@@ -343,8 +365,7 @@ class Relay:
                         "attempts; `flashsale events redeliver` sends it again",
                         url, c.event_id, c.order_id, c.sequence, r["attempts"],
                     )  # fmt: skip
-            log.debug("relay to %s: %d of %d failed, e.g. %s", url, len(failed), len(claimed),
-                      failed[0][1].error)  # fmt: skip
+            self._log_failures(url, len(failed), failed[0][1].error)
         if gone is not None:
             await receivers.disable(conn, url, "answered 410 Gone")
             log.error(

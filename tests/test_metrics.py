@@ -356,7 +356,13 @@ class Served:
     ) -> Samples:
         deadline = time.monotonic() + timeout_s
         while True:
-            _, samples = await self.scrape(http)
+            try:
+                _, samples = await self.scrape(http)
+            except aiohttp.ClientOSError:
+                # a kept-alive connection to a worker the test killed: the next one is new
+                assert time.monotonic() < deadline, f"{what}: no scrape answered"
+                await asyncio.sleep(0.2)
+                continue
             if check(samples):
                 return samples
             assert time.monotonic() < deadline, f"{what}: never seen in {samples}"

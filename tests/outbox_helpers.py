@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 
 from flashsale.ids import new_order_id
-from flashsale.outbox.events import record_events
+from flashsale.outbox.events import STORED_TEXT, record_events
 from flashsale.outbox.relay import RelayConfig
 from flashsale.settings import Settings
 from flashsale.store.orders import OrderRow
@@ -24,6 +24,8 @@ from tests.helpers import flashsale_env
 
 WEBHOOK_SECRET = "whsec_" + "c2VjcmV0LW9mLXRoZS13ZWJob29rLXRlc3Rz"  # 27 bytes
 WEBHOOK_KEY = signing.parse_secret(WEBHOOK_SECRET)
+# an event's text in SQL on outbox, as the relay and the pull API read it
+EVENT_TEXT = STORED_TEXT.format("")
 
 
 @dataclass

@@ -14,7 +14,7 @@ import pytest
 from flashsale.outbox.cursor import Cursor, CursorError
 from flashsale.outbox.events import record_events
 from tests.helpers import Service
-from tests.outbox_helpers import order_rows, record
+from tests.outbox_helpers import EVENT_TEXT, order_rows, record
 
 
 async def _pull(service: Service, after: str | None, limit: int = 1000) -> dict[str, Any]:
@@ -72,7 +72,7 @@ async def test_pages_carry_the_events_as_webhooks_do(service: Service) -> None:
     stored = {
         r["event_id"]: r["payload"]
         for r in await service.services.pool.fetch(
-            "SELECT event_id, coalesce(body, payload::text) AS payload FROM outbox"
+            f"SELECT event_id, {EVENT_TEXT} AS payload FROM outbox"
         )
     }
     for e in events:

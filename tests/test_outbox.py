@@ -25,6 +25,7 @@ from flashsale.store.orders import OrderRow
 from flashsale.store.writer import OrderWriter
 from tests.conftest import ServiceFactory
 from tests.helpers import Service
+from tests.outbox_helpers import EVENT_TEXT
 
 _ISO = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
 
@@ -37,7 +38,7 @@ def _writer(service: Service) -> OrderWriter:
 async def _events(pool: asyncpg.Pool, sale_id: str) -> dict[str, list[dict[str, Any]]]:
     """The sale's outbox rows, per order, in id order."""
     rows = await pool.fetch(
-        "SELECT id, event_id, order_id, sequence, type, coalesce(body, payload::text) AS payload,"
+        f"SELECT id, event_id, order_id, sequence, type, {EVENT_TEXT} AS payload,"
         " txid::text AS txid FROM outbox WHERE sale_id = $1 ORDER BY id",
         sale_id,
     )
@@ -286,7 +287,7 @@ async def test_payloads_and_event_ids_are_those_of_0_2_0(
     async with pg.acquire() as conn, conn.transaction():
         await record_events(conn, [*orders, *refunds])
         stored = await conn.fetch(
-            "SELECT event_id, coalesce(body, payload::text) AS payload FROM outbox"
+            f"SELECT event_id, {EVENT_TEXT} AS payload FROM outbox"
             " WHERE order_id = ANY($1::text[]) ORDER BY id",
             [r.order_id for r in orders] + [r.order_id for r in refunds],
         )

@@ -23,6 +23,7 @@ from flashsale.webhooks.signing import new_secret, parse_secret, sign
 from tests.booking_helpers import book, queued_sale, sleep_until, wait_for
 from tests.conftest import ServiceFactory
 from tests.helpers import PAYMENT_SECRET, Reply, Service, assert_reconciled
+from tests.outbox_helpers import EVENT_TEXT
 
 PATH = "/v1/payments/events"
 KEY = parse_secret(PAYMENT_SECRET)
@@ -508,7 +509,7 @@ async def test_a_payment_for_an_order_of_no_sale_of_ours_is_stored_before_the_an
     assert [len(await payments_of(service, order_id)) for order_id in orders] == [1, 1]
     # the shop hears of the refund it owes: one event each, committed with the payment
     events = await service.services.pool.fetch(
-        "SELECT order_id, sequence, type, coalesce(body, payload::text) AS payload FROM outbox"
+        f"SELECT order_id, sequence, type, {EVENT_TEXT} AS payload FROM outbox"
         " WHERE order_id = ANY($1::text[])",
         list(orders),
     )

@@ -33,6 +33,7 @@ from flashsale.store.writer import OrderWriter
 from flashsale.webhooks import signing
 from tests.helpers import Service, flashsale_env, run_flashsale, sale_spec
 from tests.outbox_helpers import (
+    EVENT_TEXT,
     WEBHOOK_KEY,
     WEBHOOK_SECRET,
     Arrival,
@@ -113,8 +114,7 @@ async def test_every_event_arrives_signed_once_and_in_order_per_order(
     stored = {
         r["event_id"]: r["payload"]
         for r in await pool.fetch(
-            "SELECT event_id, coalesce(body, payload::text) AS payload FROM outbox"
-            " WHERE event_id = ANY($1)",
+            f"SELECT event_id, {EVENT_TEXT} AS payload FROM outbox WHERE event_id = ANY($1)",
             ids,
         )
     }

@@ -220,8 +220,7 @@ def with_lottery_seed(sale: SaleDefinition, stored: SaleDefinition | None) -> Sa
     if policy is None or policy.admission is not Admission.LOTTERY or policy.lottery_seed:
         return sale
     stored_seed = stored.booking.lottery_seed if stored is not None and stored.booking else None
-    seed = sale_options.kept_seed(stored_seed, lottery.new_seed)
-    return replace(sale, booking=replace(policy, lottery_seed=seed))
+    return replace(sale, booking=replace(policy, lottery_seed=stored_seed or lottery.new_seed()))
 
 
 async def create_sale(request: web.Request) -> web.Response:

@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import replace
 
 from flashsale import errors
@@ -78,17 +77,11 @@ def parse_fcode_release(
     return release_ms
 
 
-def kept_seed(stored_seed: str | None, new_seed: Callable[[], str]) -> str:
-    """The seed of a draw created without one: the one it got the first time when the create
-    is being repeated (``stored_seed``), else a fresh random one."""
-    return stored_seed or new_seed()
-
-
 def with_opening_seed(sale: SaleDefinition, stored: SaleDefinition | None) -> SaleDefinition:
-    """A sale with an opening window created without a seed gets one (``kept_seed``)."""
+    """A sale with an opening window created without a seed gets a fresh random one, or, when
+    the create is being repeated, the one it got the first time (as a lottery's seed)."""
     opening = sale.opening
     if opening is None or opening.seed:
         return sale
     stored_seed = stored.opening.seed if stored is not None and stored.opening else None
-    seed = kept_seed(stored_seed, shuffle.new_seed)
-    return replace(sale, opening=replace(opening, seed=seed))
+    return replace(sale, opening=replace(opening, seed=stored_seed or shuffle.new_seed()))

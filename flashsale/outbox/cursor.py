@@ -21,14 +21,16 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 
+from flashsale.outbox.events import STORED_TEXT
+
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _TEXT = re.compile(r"([0-9]{1,20})\.([0-9]{1,19})")
 _XID8_MAX = 2**64 - 1
 _BIGINT_MAX = 2**63 - 1
 
 # rows after a (txid, id) whose transaction is older than every running one, in that order
-VISIBLE_AFTER = """
-SELECT id, txid::text AS txid, event_id, coalesce(body, payload::text) AS payload
+VISIBLE_AFTER = f"""
+SELECT id, txid::text AS txid, event_id, {STORED_TEXT.format("")} AS payload
 FROM outbox
 WHERE (txid, id) > ($1::text::xid8, $2::bigint)
   AND txid < pg_snapshot_xmin(pg_current_snapshot())

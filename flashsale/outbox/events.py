@@ -19,7 +19,7 @@ order change pays for them on the buy path's box, and PostgreSQL's ``jsonb_build
 ``to_char`` and ``sha256`` cost several times what the same work costs here. The payload is
 stored as text in ``body`` (migration 0009): the bytes made here are the bytes the relay signs
 and sends and the pull API returns, and PostgreSQL does not parse them. Rows written before
-0009 hold a jsonb ``payload`` instead; readers take ``coalesce(body, payload::text)``.
+0009 hold a jsonb ``payload`` instead; readers take the one there is (``STORED_TEXT``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,9 @@ from flashsale.store.orders import OrderRow
 
 # the types: "order." + the order's status after the change, and this one
 REFUND_REQUIRED = "payment.refund_required"
+
+# An event's text as stored: in "body" since migration 0009, in the jsonb "payload" before.
+STORED_TEXT = "coalesce({0}body, {0}payload::text)"
 
 SalePrices = dict[str, tuple[int, str]]  # sale id -> (price_cents, currency)
 
@@ -137,20 +140,22 @@ async def _insert_order_events(
     known = [(r, price) for r in events if (price := prices.get(r.sale_id)) is not None]
     if not known:
         return
-    columns = (
-        [order_event_id(r.order_id, r.version) for r, _ in known],
-        [r.order_id for r, _ in known], [r.sale_id for r, _ in known],
-        [str(r.version) for r, _ in known], ["order." + r.status for r, _ in known],
-    )  # fmt: skip
+    ids = [order_event_id(r.order_id, r.version) for r, _ in known]
+    orders = [r.order_id for r, _ in known]
+    sales = [r.sale_id for r, _ in known]
+    versions = [r.version for r, _ in known]
+    types = ["order." + r.status for r, _ in known]
     bodies = [_order_payload(r, *price) for r, price in known]
-    joined = [",".join(column) for column in columns]
-    commas = len(known) - 1  # a sale id, an event id, a number or a type has none
-    if joined[1].count(",") == commas and all(columns[1]) and joined[2].count(",") == commas:
-        await conn.execute(_INSERT_ORDER_EVENTS_JOINED, *joined, bodies)
+    # an event id, a number or a type never holds a comma; an order or sale id may not either
+    commas = len(known) - 1
+    joined_orders, joined_sales = ",".join(orders), ",".join(sales)
+    if joined_orders.count(",") == commas == joined_sales.count(",") and all(orders):
+        await conn.execute(
+            _INSERT_ORDER_EVENTS_JOINED, ",".join(ids), joined_orders, joined_sales,
+            ",".join(map(str, versions)), ",".join(types), bodies,
+        )  # fmt: skip
     else:
-        ids, orders, sales, _, types = columns
-        await conn.execute(_INSERT_ORDER_EVENTS, ids, orders, sales,
-                           [r.version for r, _ in known], types, bodies)  # fmt: skip
+        await conn.execute(_INSERT_ORDER_EVENTS, ids, orders, sales, versions, types, bodies)
 
 
 # The order's fields come from the order as the payment left it (its event carries it); a

@@ -62,6 +62,7 @@ import asyncpg
 
 from flashsale import __version__
 from flashsale.outbox import receivers
+from flashsale.outbox.events import STORED_TEXT
 from flashsale.outbox.sender import Answer, Sender
 from flashsale.settings import Settings
 from flashsale.webhooks.signing import sign
@@ -109,7 +110,7 @@ LIMIT $3
 # read again, under the locks: another relay may have sent an event since the first look
 _CLAIM = f"""
 SELECT d.outbox_id, d.attempts, o.event_id, o.order_id, o.sequence,
-       coalesce(o.body, o.payload::text) AS payload
+       {STORED_TEXT.format("o.")} AS payload
 {_ELIGIBLE} AND d.order_id = ANY($3::text[])
 ORDER BY d.outbox_id
 """

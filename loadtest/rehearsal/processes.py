@@ -156,6 +156,17 @@ def service_roots(listeners: Iterable[int], word: str = "flashsale") -> list[int
     return sorted(roots)
 
 
+def machine_cpu_s() -> tuple[float, float]:
+    """Every core's busy seconds since boot, other work's included, and the seconds stolen
+    from this machine by its host."""
+    m = psutil.cpu_times()
+    steal = getattr(m, "steal", 0.0)
+    # guest time is counted in user time already; idle, iowait and steal are not busy
+    busy = sum(m) - m.idle - getattr(m, "iowait", 0.0) - steal
+    busy -= getattr(m, "guest", 0.0) + getattr(m, "guest_nice", 0.0)
+    return busy, steal
+
+
 def tree(pid: int) -> list[int]:
     """A process and its descendants (none if it is gone)."""
     try:
@@ -274,11 +285,7 @@ class CpuSampler:
                         del procs[pid]  # exited: its last reading stays in earlier samples
                         continue
                     seen[pid] = t.user + t.system
-        m = psutil.cpu_times()
-        steal = getattr(m, "steal", 0.0)
-        # guest time is counted in user time already; idle, iowait and steal are not busy
-        busy = sum(m) - m.idle - getattr(m, "iowait", 0.0) - steal
-        busy -= getattr(m, "guest", 0.0) + getattr(m, "guest_nice", 0.0)
+        busy, steal = machine_cpu_s()
         s = Sample(now, cpu, busy, steal)
         self.samples.append(s)
         return s

@@ -14,7 +14,7 @@ scripts/bench-bookings imports free_port, wait_http, write_tokens and cpu_second
                                                 machine, else nothing
     cpu-seconds PID...                          user + system CPU seconds the PIDs have used
     box-cpu-seconds                             CPU seconds the whole machine has been busy
-                                                (every process and the kernel; /proc/stat)
+                                                (every process, the kernel, and steal)
     user-cpu-seconds USER                       CPU seconds of the processes of USER now
                                                 running (e.g. postgres: the server and its
                                                 backends)
@@ -252,27 +252,20 @@ def cpu_seconds_command(*pids: str) -> None:
 
 
 def box_cpu_seconds() -> None:
-    """Busy time of all cores: user, nice, system, irq, softirq and steal (not idle, iowait)."""
-    with open("/proc/stat") as f:
-        fields = f.readline().split()[1:]
-    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
-    busy = user + nice + system + irq + softirq + steal
-    print(f"{busy / os.sysconf('SC_CLK_TCK'):.2f}")
+    """The machine's busy seconds as the rehearsal's CPU sampler counts them, and the stolen
+    ones: a core taken by the host is not free for the benchmark either."""
+    from loadtest.rehearsal.processes import machine_cpu_s
+
+    print(f"{sum(machine_cpu_s()):.2f}")
 
 
 def user_cpu_seconds(user: str) -> None:
-    import pwd
+    import psutil
 
-    uid = pwd.getpwnam(user).pw_uid
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                owner = os.stat(f"/proc/{entry}").st_uid
-            except OSError:
-                continue
-            if owner == uid:
-                total += cpu_seconds(entry) or 0.0
+    for proc in psutil.process_iter(["username", "cpu_times"]):
+        if proc.info["username"] == user and proc.info["cpu_times"] is not None:
+            total += proc.info["cpu_times"].user + proc.info["cpu_times"].system
     print(f"{total:.2f}")
 
 
